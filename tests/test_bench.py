@@ -1,0 +1,107 @@
+import time
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from effdl import bench, models
+
+
+class Sleeper(nn.Module):
+    """A model whose forward takes a known wall time, so timing can be checked without CPU noise."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        time.sleep(self.seconds)
+        return x
+
+
+def test_time_fn_finds_the_median_of_a_known_duration():
+    timing = bench.time_fn(lambda: time.sleep(0.005), min_run_time=0.1, warmup=1)
+    assert 0.005 <= timing.median < 0.008
+    assert timing.iqr >= 0 and len(timing.times) >= 2 and timing.spread < 0.5
+    with pytest.raises(ValueError, match="min_run_time"):
+        bench.time_fn(lambda: None, min_run_time=0)
+
+
+def test_latency_and_throughput_of_a_model_with_known_speed():
+    model = Sleeper(0.004)
+    batch = torch.zeros(32, 3)
+    assert 0.004 <= bench.latency(model, batch, min_run_time=0.1).median < 0.007
+    assert 32 / 0.007 < bench.throughput(model, batch, min_run_time=0.1) <= 32 / 0.004
+    assert not model.training  # latency() times the model in eval mode
+
+
+def test_call_times_sees_each_call():
+    calls = iter([0.0, 0.01, 0.0])
+    times = bench.call_times(lambda: time.sleep(next(calls)), 3)
+    assert times[1] >= 0.01 > times[0] and times[1] > times[2]
+    with pytest.raises(ValueError, match="n must"):
+        bench.call_times(lambda: None, 0)
+
+
+def test_size_bytes_counts_storage_dtype_and_shared_weights(tmp_path):
+    linear = nn.Linear(100, 10)
+    assert bench.size_bytes(linear) == (100 * 10 + 10) * 4
+    assert bench.size_bytes(linear.to(torch.bfloat16)) == (100 * 10 + 10) * 2
+    bn = nn.BatchNorm1d(10)  # weight, bias, running mean/var (fp32) and a counter (int64)
+    assert bench.size_bytes(bn) == 4 * 10 * 4 + 8
+    tied = models.GPT(models.GPTConfig(vocab_size=50, context=8, n_layer=1, n_head=1, n_embd=16))
+    assert bench.size_bytes(tied) == 4 * bench.param_count(tied) + 0
+    path = tmp_path / "w.safetensors"
+    save_file({"w": torch.zeros(1000)}, str(path))
+    assert 4000 <= bench.size_bytes(path) < 4300
+    with pytest.raises(ValueError, match="obj"):
+        bench.size_bytes(tmp_path / "missing.bin")
+
+
+def test_flops_match_the_formula_for_linear_and_conv():
+    assert bench.flops(nn.Linear(64, 32, bias=False), torch.randn(5, 64)) == 2 * 5 * 64 * 32
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    assert bench.flops(conv, torch.randn(1, 3, 10, 10)) == 2 * 10 * 10 * 8 * 3 * 9
+
+
+def test_bytes_moved_counts_inputs_outputs_and_weights():
+    linear = nn.Linear(256, 256, bias=False)
+    x = torch.randn(1, 256)
+    moved = bench.bytes_moved(lambda: linear(x))
+    weight_bytes = 256 * 256 * 4
+    assert weight_bytes <= moved < 1.1 * weight_bytes  # read once; the transposed view is free
+
+
+def test_peak_memory_sees_a_large_temporary():
+    n = 2**22  # 16 MiB of fp32
+
+    def make_and_drop():
+        a = torch.ones(n)
+        b = a * 2
+        return float(b[0])
+
+    peak = bench.peak_memory(make_and_drop)
+    assert 2 * 4 * n <= peak < 3 * 4 * n
+    with pytest.raises(ValueError, match="device"):
+        bench.peak_memory(make_and_drop, device="meta")
+
+
+def test_machine_ceilings_are_plausible_and_roofline_bends():
+    ceil = bench.machine()
+    assert 1 < ceil.bandwidth_gbs < 5000
+    assert ceil.matmul_gflops["float32"] > 5
+    knee = ceil.matmul_gflops["float32"] / ceil.bandwidth_gbs
+    assert ceil.attainable_gflops(knee / 10) == pytest.approx(knee / 10 * ceil.bandwidth_gbs)
+    assert ceil.attainable_gflops(knee * 10) == ceil.matmul_gflops["float32"]
+    with pytest.raises(ValueError, match="intensity"):
+        ceil.attainable_gflops(0)
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    costs = [1, 2, 3, 4, 2.5]
+    scores = [0.80, 0.85, 0.84, 0.90, 0.86]
+    assert bench.pareto_front(costs, scores) == [0, 1, 4, 3]
+    with pytest.raises(ValueError, match="equal length"):
+        bench.pareto_front([1], [])

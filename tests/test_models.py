@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from effdl import bench, models
+
+
+@pytest.mark.parametrize("width,depth", [(8, 1), (16, 2), (8, 4)])
+def test_cnn_shapes_for_widths_and_depths(width, depth):
+    model = models.CNN(width, depth)
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_cnn_cost_grows_with_width():
+    x = torch.randn(1, 1, 28, 28)
+    small, large = models.CNN(8, 2), models.CNN(32, 2)
+    assert bench.param_count(large) > 3 * bench.param_count(small)
+    assert bench.flops(large, x) > 8 * bench.flops(small, x)
+
+
+def test_resnet_shapes_and_projection_shortcuts():
+    model = models.ResNet((8, 16), (2, 1))
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert len(model.stages[1][0].shortcut) == 2  # 1x1 conv + BN where the shape changes
+    assert len(model.stages[0][1].shortcut) == 0
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"width": 0}, "width"), ({"depth": -1}, "depth"), ({"dropout": 1.0}, "dropout"),
+])  # fmt: skip
+def test_cnn_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        models.CNN(**kwargs)
+
+
+def test_resnet_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="equally long"):
+        models.ResNet((8, 16), (1,))
+    with pytest.raises(ValueError, match="blocks"):
+        models.ResNet((8,), (0,))
+
+
+def test_gpt_is_causal_and_ties_embeddings():
+    cfg = models.GPTConfig(vocab_size=20, context=16, n_layer=2, n_head=2, n_embd=32)
+    gpt = models.GPT(cfg).eval()
+    idx = torch.randint(0, 20, (2, 16))
+    logits = gpt(idx)
+    assert logits.shape == (2, 16, 20)
+    changed = idx.clone()
+    changed[:, 10:] = (changed[:, 10:] + 1) % 20
+    assert torch.allclose(gpt(changed)[:, :10], logits[:, :10], atol=1e-5)  # no peeking ahead
+    assert gpt.lm_head.weight is gpt.tok_emb.weight
+    out = gpt.generate(idx[:, :4], new_tokens=5)
+    assert out.shape == (2, 9) and torch.equal(out[:, :4], idx[:, :4])
+
+
+def test_gpt_config_and_input_validation():
+    with pytest.raises(ValueError, match="divisible"):
+        models.GPTConfig(n_embd=30, n_head=4)
+    with pytest.raises(ValueError, match="n_layer"):
+        models.GPTConfig(n_layer=0)
+    gpt = models.GPT(models.GPTConfig(vocab_size=10, context=8, n_layer=1, n_head=1, n_embd=8))
+    with pytest.raises(ValueError, match="idx"):
+        gpt(torch.zeros(1, 9, dtype=torch.long))
+
+
+@pytest.mark.slow
+def test_smollm2_loads_fast_and_knows_the_capital_of_france():
+    import time
+
+    models.smollm2()  # converts once if the cache is cold
+    start = time.perf_counter()
+    model, tokenizer = models.smollm2()
+    load_seconds = time.perf_counter() - start
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert 130e6 < bench.param_count(model) < 140e6
+    assert load_seconds < 10  # target 5 s, slack for a busy CI machine
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+    ids = ids if isinstance(ids, torch.Tensor) else ids["input_ids"]
+    out = model.generate(ids, max_new_tokens=12, do_sample=False)
+    answer = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    assert "Paris" in answer, answer

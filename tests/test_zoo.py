@@ -1,0 +1,53 @@
+import json
+
+import pytest
+import torch
+
+from effdl import zoo
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,threshold", [("cnn-fmnist", 0.80), ("resnet-fmnist", 0.80)])
+def test_image_baselines_reach_their_fast_mode_accuracy(name, threshold):
+    baseline = zoo.pretrained(name)
+    assert baseline.metrics["test_accuracy"] >= threshold
+    assert not baseline.model.training
+
+
+@pytest.mark.slow
+def test_gpt_baseline_learns_shakespeare_and_generates():
+    baseline = zoo.pretrained("gpt-shakespeare")
+    assert baseline.metrics["val_loss"] <= 2.6  # fast mode; uniform guessing is ~4.4 nats/char
+    from effdl.data import shakespeare
+
+    tok = shakespeare().tokenizer
+    out = baseline.model.generate(tok.encode("ROMEO.\n")[None], new_tokens=40)
+    assert len(tok.decode(out[0])) == 47
+
+
+@pytest.mark.slow
+def test_cache_round_trip_is_exact_and_pickle_free():
+    first = zoo.pretrained("cnn-fmnist")
+    again = zoo.pretrained("cnn-fmnist")
+    for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    weights, card = zoo._paths(first.recipe)
+    assert weights.suffix == ".safetensors"
+    assert json.loads(card.read_text())["metrics"] == again.metrics
+
+
+def test_recipe_keys_change_with_every_field():
+    base = zoo.recipe("cnn-fmnist")
+    assert zoo.recipe("cnn-fmnist", width=8).key() != base.key()
+    assert zoo.recipe("cnn-fmnist", epochs=3).key() != base.key()
+    assert zoo.recipe("cnn-fmnist").key() == base.key()
+    assert zoo.build(zoo.recipe("cnn-fmnist", width=8, depth=1).arch)(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+
+
+def test_unknown_names_and_fields_are_rejected():
+    with pytest.raises(ValueError, match="name"):
+        zoo.pretrained("vgg-imagenet")
+    with pytest.raises(ValueError, match="colour"):
+        zoo.recipe("cnn-fmnist", colour="red")
+    with pytest.raises(ValueError, match="kind"):
+        zoo.build({"kind": "mlp"})
