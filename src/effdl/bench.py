@@ -139,6 +139,8 @@ def size_bytes(obj: nn.Module | str | Path) -> int:
 def flops(model: nn.Module, example: Any) -> int:
     """Floating-point operations of one forward pass (a multiply-add counts 2), by
     ``torch.utils.flop_counter.FlopCounterMode``. Ops it does not know count 0."""
+    if isinstance(example, torch.Tensor):
+        example = example.to(_model_device(model))
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         model(example)
@@ -292,8 +294,7 @@ def decode_tokens_per_s(model: nn.Module, input_ids: torch.Tensor, new_tokens: i
                        pad_token_id=model.config.eos_token_id)  # fmt: skip
 
     def seconds(n: int) -> float:
-        return min(time_fn(lambda: run(n), min_run_time=1e-3, warmup=0, device=dev).median
-                   for _ in range(repeats))  # fmt: skip
+        return min(call_times(lambda: run(n), repeats, device=dev))
 
     run(new_tokens + 1)  # warm-up
     return new_tokens / (seconds(new_tokens + 1) - seconds(1))

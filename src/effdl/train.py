@@ -97,7 +97,7 @@ def fit(
     for epoch in range(epochs):
         model.train()
         total, steps = 0.0, 0
-        bar = tqdm(train, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not progress)
+        bar = tqdm(train, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not progress, mininterval=2)
         for x, y in bar:
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             if augment is not None:

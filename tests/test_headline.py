@@ -1,0 +1,17 @@
+from effdl import headline
+
+
+def test_rows_with_targets_say_whether_they_were_met():
+    good = headline._row("resnet-fmnist", "test accuracy", 0.93, "fraction")
+    bad = headline._row("gpt-shakespeare", "val loss", 1.9, "nats/char")
+    plain = headline._row("machine", "memory bandwidth", 20.0, "GB/s")
+    assert good.met is True and good.target == ">= 0.925"
+    assert bad.met is False and bad.target == "<= 1.7"
+    assert plain.met is None and plain.target == ""
+    table = headline.format_table([good, bad, plain])
+    assert "NO" in table and "yes" in table and len(table.splitlines()) == 4
+
+
+def test_every_target_names_a_measured_row():
+    groups = {"machine", "smollm2-135m", *headline.zoo.NAMES}
+    assert {group for group, _ in headline.TARGETS} <= groups
