@@ -55,7 +55,7 @@ def _image_training(epochs: int, shift: int) -> dict[str, Any]:
 def _gpt_recipe() -> Recipe:
     cfg = GPTConfig(vocab_size=data.shakespeare().tokenizer.vocab_size, context=pick(fast=64, full=128),
                     n_layer=pick(fast=2, full=4), n_embd=pick(fast=64, full=192))  # fmt: skip
-    training = {"steps": pick(fast=150, full=2000), "batch_size": pick(fast=16, full=32), "lr": 2e-3,
+    training = {"steps": pick(fast=300, full=2000), "batch_size": 32, "lr": 2e-3,
                 "weight_decay": 0.1, "warmup": pick(fast=15, full=100), "seed": 0}  # fmt: skip
     return Recipe("gpt-shakespeare", "shakespeare", {"kind": "gpt", **cfg.to_dict()}, training)
 
