@@ -42,7 +42,7 @@ def _image_training(epochs: int, shift: int) -> dict[str, Any]:
     """SGD with Nesterov momentum under a one-cycle schedule; flips plus ``shift``-pixel shifts."""
     return {
         "epochs": pick(fast=2, full=epochs),
-        "train_limit": pick(fast=8000, full=None),
+        "train_limit": pick(fast=16000, full=None),
         "batch_size": 128,
         "lr": 0.1,
         "momentum": 0.9,
