@@ -137,14 +137,14 @@ def _warmup_cosine(opt: torch.optim.Optimizer, warmup: int, steps: int) -> torch
 
 
 def gpt_eval_batches(split: str = "val", context: int = 128, batch_size: int = 32) -> data.LMBatches:
-    """Fixed, non-overlapping windows of a Shakespeare split (at most 40 batches in fast mode)."""
+    """Fixed, non-overlapping windows of a Shakespeare split: 10 batches in fast mode, all of it in full."""
     tokens = data.shakespeare().split(split)
     return data.LMBatches(tokens, batch_size, context, steps=pick(fast=10, full=10**9), random=False)
 
 
 def _train_shakespeare(model: nn.Module, cfg: dict[str, Any]) -> dict[str, float]:
     corpus = data.shakespeare()
-    epochs = 5
+    epochs = 5  # the step budget in five passes, so the history has five validation points
     batches = data.LMBatches(corpus.split("train"), cfg["batch_size"], model.cfg.context,
                              steps=cfg["steps"] // epochs, seed=cfg["seed"])  # fmt: skip
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], betas=(0.9, 0.95))
