@@ -5,7 +5,6 @@ import os
 os.environ.setdefault("EFFDL_FAST", "1")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 import effdl  # noqa: E402
 
@@ -20,8 +19,3 @@ def _seeded():
 def fast_mode() -> bool:
     assert effdl.FAST, "the test suite must run with EFFDL_FAST=1"
     return True
-
-
-@pytest.fixture(scope="session")
-def torch_threads() -> int:
-    return torch.get_num_threads()

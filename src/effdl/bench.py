@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -217,9 +217,6 @@ class Ceilings:
         if intensity <= 0:
             raise ValueError(f"intensity must be positive, got {intensity}")
         return min(self.matmul_gflops[dtype], intensity * self.bandwidth_gbs)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def memory_bandwidth(device: torch.device | str = "cpu", mib: int | None = None) -> float:

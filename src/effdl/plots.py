@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import NullFormatter
 
 from effdl.bench import Ceilings, pareto_front
 
@@ -47,5 +48,6 @@ def frontier(costs: Sequence[float], scores: Sequence[float], labels: Sequence[s
     front = pareto_front(costs, scores)
     ax.plot([costs[i] for i in front], [scores[i] for i in front], "o-", color="tab:red", label="Pareto frontier")
     ax.set(xscale="log", xlabel=xlabel, ylabel="test accuracy")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor-tick labels overlap on short log ranges
     ax.legend()
     return ax
