@@ -182,6 +182,10 @@ class TextCorpus:
         _check_split(name)
         return self.tokens[name]
 
+    def text(self, name: str) -> str:
+        """The characters of a split, for another tokenizer (SmolLM2's, Chapter 4)."""
+        return self.tokenizer.decode(self.split(name))
+
 
 @lru_cache(maxsize=1)
 def shakespeare() -> TextCorpus:

@@ -1,0 +1,184 @@
+"""Whole-model quantization: swap layers, calibrate, count bytes, fine-tune, run a real int8 engine (Chapter 3)."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from effdl import data
+from effdl.quant.core import qrange
+from effdl.quant.layers import ActQuantizer, QuantLayer, WeightQuantizer, fold_batchnorms
+from effdl.quant.pack import pack, packed_bytes, storage_bits
+from effdl.train import fit
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """What :func:`quantize_model` does to each conv/linear layer.
+
+    ``act_bits=None`` quantizes weights only. ``only`` restricts quantization to the named layers
+    (a sensitivity scan quantizes one at a time); ``skip`` keeps the named layers in float.
+    """
+
+    weight_bits: int = 8
+    weight_format: str = "int"
+    per_channel: bool = True
+    weight_observer: str = "minmax"
+    act_bits: int | None = 8
+    act_observer: str = "minmax"
+    learn_scales: bool = False
+    only: tuple[str, ...] | None = None
+    skip: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        weights = {"int": f"W{self.weight_bits}", "ternary": "W-ternary", "binary": "W-binary"}[self.weight_format]
+        return weights + (f"A{self.act_bits}" if self.act_bits else "")
+
+
+def _targets(model: nn.Module, config: QuantConfig) -> list[str]:
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    unknown = (set(config.skip) | set(config.only or ())) - set(names)
+    if unknown:
+        raise ValueError(f"only/skip name layers the model does not have: {sorted(unknown)}")
+    return [n for n in names if n not in config.skip and (config.only is None or n in config.only)]
+
+
+def quantize_model(model: nn.Module, config: QuantConfig, calibration: Iterable | None = None) -> nn.Module:
+    """A quantized copy of ``model``: BatchNorms folded, conv/linear layers wrapped in :class:`QuantLayer`.
+
+    With activation quantization (``config.act_bits``) the copy is calibrated on ``calibration``
+    (batches ``(x, y)`` or inputs) before it is returned; the original model is not touched.
+    """
+    if config.act_bits is not None and calibration is None:
+        raise ValueError("calibration batches are required when config.act_bits is set")
+    quantized = fold_batchnorms(copy.deepcopy(model))
+    for name in _targets(quantized, config):
+        parent, _, attr = name.rpartition(".")
+        weight = WeightQuantizer(config.weight_bits, config.per_channel, config.weight_observer,
+                                 config.weight_format, config.learn_scales)  # fmt: skip
+        act = ActQuantizer(config.act_bits, config.act_observer, config.learn_scales) if config.act_bits else None
+        owner = quantized.get_submodule(parent) if parent else quantized
+        setattr(owner, attr, QuantLayer(getattr(owner, attr), weight, act))
+    if config.act_bits is not None:
+        calibrate(quantized, calibration)
+    return quantized
+
+
+def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable) -> nn.Module:
+    """Run ``batches`` through ``model`` with every :class:`ActQuantizer` observing, then freeze them."""
+    quantizers = [m for m in model.modules() if isinstance(m, ActQuantizer)]
+    dev = next(model.parameters()).device
+    model.eval()
+    for q in quantizers:
+        q.calibrating = True
+    seen = 0
+    for batch in batches:
+        model((batch[0] if isinstance(batch, list | tuple) else batch).to(dev))
+        seen += 1
+    if seen == 0:
+        raise ValueError("batches must not be empty")
+    for q in quantizers:
+        q.freeze()
+    return model
+
+
+def _weight_codes(layer: QuantLayer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer codes and per-channel scales of a layer's quantized weight."""
+    w = layer.layer.weight.detach()
+    wq = layer.weight_quant
+    if wq.fmt == "int":
+        scale = wq.current_scale(w).detach()
+        q_min, q_max = qrange(wq.bits, signed=True)
+        return torch.clamp(torch.round(w / scale), q_min, q_max).to(torch.int32), scale.flatten()
+    wf = wq(w).detach().flatten(1)
+    scale = wf.abs().amax(1)
+    codes = torch.round(wf / scale.clamp(min=1e-12)[:, None]).to(torch.int32)
+    return (codes.clamp(min=0) if wq.fmt == "binary" else codes).reshape(w.shape), scale
+
+
+def quantized_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor an integer deployment needs: packed weight codes, scales, zero-points, float rest."""
+    state: dict[str, torch.Tensor] = {}
+    layers = quant_layers(model)
+    for name, layer in layers.items():
+        codes, scale = _weight_codes(layer)
+        slot = storage_bits(layer.weight_quant.storage_bits)
+        signed = layer.weight_quant.fmt != "binary"
+        state[f"{name}.weight_codes"] = pack(codes, slot, signed) if slot <= 8 else codes.to(torch.int16)
+        state[f"{name}.weight_scale"] = scale.float()
+        if layer.layer.bias is not None:
+            state[f"{name}.bias"] = layer.layer.bias.detach().float()
+        if layer.act_quant is not None:
+            state[f"{name}.input_qparams"] = torch.stack([layer.act_quant.scale.detach(), layer.act_quant.zero_point])
+    for key, tensor in model.state_dict().items():
+        if not any(key.startswith(f"{n}.") for n in layers):
+            state[key] = tensor.detach()
+    return {k: v.contiguous() for k, v in state.items()}
+
+
+def quantized_bytes(model: nn.Module) -> int:
+    """Bytes of :func:`quantized_state`: what the quantized model occupies in memory or on disk, minus headers."""
+    return sum(t.numel() * t.element_size() for t in quantized_state(model).values())
+
+
+def save_quantized(model: nn.Module, path: str | Path) -> int:
+    """Write :func:`quantized_state` as safetensors (no pickle) and return the file's size in bytes."""
+    save_file(quantized_state(model), str(path))
+    return Path(path).stat().st_size
+
+
+def expected_weight_bytes(model: nn.Module) -> int:
+    """Packed weight bytes from the bit widths alone, without scales: the ideal a file can approach."""
+    return sum(packed_bytes(m.layer.weight.numel(), m.weight_quant.storage_bits) for m in quant_layers(model).values())
+
+
+def finetune(model: nn.Module, epochs: int, lr: float = 0.01, train_limit: int | None = None,
+             progress: bool = False) -> nn.Module:  # fmt: skip
+    """Quantization-aware fine-tuning on the Fashion-MNIST train split (SGD + cosine, section 3.6)."""
+    loader = data.loader(data.fashion_mnist("train", limit=train_limit), 128, shuffle=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(loader))
+    fit(model, loader, epochs=epochs, optimizer=opt, scheduler=sched,
+        augment=functools.partial(data.augment_fmnist, shift=0), progress=progress)  # fmt: skip
+    return model.eval()
+
+
+def int8_engine(model: nn.Module, calibration: Iterable, example: torch.Tensor, backend: str = "x86") -> nn.Module:
+    """A truly int8 model for CPU: ``torch.ao`` FX graph-mode PTQ, per-channel weights, min-max activations.
+
+    The kernels are oneDNN / FBGEMM int8 convolutions and matmuls (section 3.7). This API
+    (``torch.ao.quantization.quantize_fx``) is deprecated in favour of PT2E export quantization
+    in torchao, which reaches the same kernels through ``torch.compile``; it is the eager route.
+    """
+    from torch.ao.quantization import MinMaxObserver, PerChannelMinMaxObserver, QConfig, QConfigMapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    if backend not in torch.backends.quantized.supported_engines:
+        raise ValueError(f"backend must be one of {torch.backends.quantized.supported_engines}, got {backend!r}")
+    torch.backends.quantized.engine = backend
+    qconfig = QConfig(
+        activation=MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=False),
+        weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation notices; the chapter names the API's status
+        prepared = prepare_fx(copy.deepcopy(model).cpu().eval(), QConfigMapping().set_global(qconfig), (example,))
+        with torch.no_grad():
+            for batch in calibration:
+                prepared(batch[0] if isinstance(batch, list | tuple) else batch)
+        return convert_fx(prepared)

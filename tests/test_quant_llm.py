@@ -1,0 +1,133 @@
+"""effdl.quant.llm: perplexity, GPTQ against RTN, SmoothQuant's invariance, W8A8, int8 kernels."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from effdl.models import GPT, GPTConfig
+from effdl.quant import llm
+
+
+def _tiny_gpt() -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=40, context=32, n_layer=2, n_head=2, n_embd=32)).eval()
+
+
+def _batches(n=4, t=32, vocab=40):
+    ids = torch.randint(0, vocab, (n * t + 1,))
+    return llm.token_windows(ids, t, n, batch_size=2)
+
+
+def test_uniform_model_has_perplexity_of_vocabulary():
+    class Uniform(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = nn.Parameter(torch.zeros(()))
+
+        def forward(self, ids):
+            return torch.zeros(*ids.shape, 50) + self.p
+
+    assert llm.perplexity(Uniform(), _batches(vocab=50)) == pytest.approx(50, rel=1e-5)
+    with pytest.raises(ValueError, match="empty"):
+        llm.perplexity(Uniform(), [])
+
+
+def test_token_windows_shift_targets_by_one():
+    ids = torch.arange(100)
+    (x, y), *_ = llm.token_windows(ids, 10, 9, batch_size=4)
+    assert x.shape == (4, 10) and torch.equal(y, x + 1) and x[1, 0] == 10
+    with pytest.raises(ValueError, match="n_windows"):
+        llm.token_windows(ids, 10, 10)
+
+
+def test_input_stats_hessian_is_x_transpose_x_over_n():
+    layer = nn.Sequential(nn.Linear(6, 3))
+    x = torch.randn(5, 4, 6)
+    stats = llm.input_stats(layer, ["0"], [(x, None)])["0"]
+    flat = x.reshape(-1, 6)
+    torch.testing.assert_close(stats.hessian, flat.T @ flat / 20)
+    torch.testing.assert_close(stats.absmax, flat.abs().amax(0))
+
+
+def test_gptq_with_identity_hessian_is_rtn():
+    w = torch.randn(16, 64)
+    for group in (None, 16):
+        torch.testing.assert_close(llm.gptq(w, torch.eye(64), 4, group, damp=0.0), llm.rtn(w, 4, group))
+
+
+@pytest.mark.parametrize("bits, group", [(4, None), (3, 32), (3, 20)])
+def test_gptq_beats_rtn_on_correlated_inputs(bits, group):
+    torch.manual_seed(0)
+    x = torch.randn(2048, 8) @ torch.randn(8, 64) + 0.1 * torch.randn(2048, 64)  # strongly correlated inputs
+    w = torch.randn(32, 64)
+    h = x.T @ x / len(x)
+    error = lambda approx: (x @ (w - approx).T).pow(2).mean().item()  # noqa: E731
+    assert error(llm.gptq(w, h, bits, group)) < 0.5 * error(llm.rtn(w, bits, group))
+
+
+def test_gptq_arguments():
+    with pytest.raises(ValueError, match="hessian"):
+        llm.gptq(torch.randn(4, 8), torch.eye(4), 4)
+    with pytest.raises(ValueError, match="group_size"):
+        llm.gptq(torch.randn(4, 8), torch.eye(8), 4, group_size=0)
+    with pytest.raises(ValueError, match="bits"):
+        llm.gptq(torch.randn(4, 8), torch.eye(8), 0)
+    with pytest.raises(ValueError, match="method"):
+        llm.quantize_weights_(_tiny_gpt(), "awq", 4)
+    with pytest.raises(ValueError, match="stats"):
+        llm.quantize_weights_(_tiny_gpt(), "gptq", 4)
+
+
+def test_quantize_weights_touches_block_linears_only():
+    model = _tiny_gpt()
+    emb = model.tok_emb.weight.clone()
+    llm.quantize_weights_(model, "rtn", 2)
+    assert torch.equal(model.tok_emb.weight, emb)  # the tied embedding / head stays
+    assert all(m.weight.unique().numel() <= 4 * m.weight.shape[0] for m in llm.block_linears(model).values())
+
+
+def test_weight_only_bytes_counts_packed_codes_and_group_scales():
+    model = _tiny_gpt()
+    fp32 = llm.weight_only_bytes(model, None)
+    assert fp32 == sum(p.numel() * 4 for p in model.parameters())
+    linear_params = sum(m.weight.numel() for m in llm.block_linears(model).values())
+    rows = sum(m.weight.shape[0] for m in llm.block_linears(model).values())
+    assert fp32 - llm.weight_only_bytes(model, 8) == linear_params * 3 - rows * 4
+    int4_g16 = llm.weight_only_bytes(model, 4, 16)
+    assert int4_g16 == fp32 - linear_params * 4 + linear_params // 2 + 4 * linear_params // 16
+
+
+def test_smoothing_keeps_the_function_and_flattens_activations():
+    model = _tiny_gpt()
+    with torch.no_grad():
+        model.blocks[0].ln1.weight[3] = 30.0  # an outlier channel, as in real LLMs
+    batches = _batches()
+    stats = llm.input_stats(model, llm.block_linears(model), batches)
+    x = batches[0][0]
+    before = model(x)
+    llm.smooth_(model, stats, alpha=0.5)
+    torch.testing.assert_close(model(x), before, atol=1e-4, rtol=1e-4)
+    after = llm.input_stats(model, llm.block_linears(model), batches)["blocks.0.attn.qkv"].absmax
+    ratio = lambda a: (a.max() / a.median()).item()  # noqa: E731
+    assert ratio(after) < ratio(stats["blocks.0.attn.qkv"].absmax) / 3
+    with pytest.raises(ValueError, match="alpha"):
+        llm.smooth_(model, stats, alpha=2)
+
+
+def test_per_token_activation_quantization_survives_an_outlier_token():
+    x = torch.randn(8, 64)
+    x[0] *= 100
+    err = lambda per_token: (llm.quantize_activation(x, per_token) - x)[1:].pow(2).mean()  # noqa: E731
+    assert err(True) < err(False) / 100
+
+
+def test_w8a8_and_int8_kernels_stay_close_to_float():
+    model, batches = _tiny_gpt(), _batches()
+    base = llm.perplexity(model, batches)
+    for quantized in (llm.w8a8_(_tiny_gpt(), per_token=True), llm.int8_dynamic(model)):
+        assert llm.perplexity(quantized, batches) == pytest.approx(base, rel=0.01)
+    kernels = {type(m) for m in llm.int8_dynamic(model).modules()}
+    assert torch.ao.nn.quantized.dynamic.Linear in kernels and nn.Linear not in kernels
+    assert math.isfinite(base)
