@@ -1,5 +1,6 @@
 """effdl.quant.llm: perplexity, GPTQ against RTN, SmoothQuant's invariance, W8A8, int8 kernels."""
 
+import copy
 import math
 
 import pytest
@@ -8,6 +9,7 @@ from torch import nn
 
 from effdl.models import GPT, GPTConfig
 from effdl.quant import llm
+from effdl.quant.core import fake_quantize
 
 
 def _tiny_gpt() -> GPT:
@@ -54,7 +56,9 @@ def test_input_stats_hessian_is_x_transpose_x_over_n():
 def test_gptq_with_identity_hessian_is_rtn():
     w = torch.randn(16, 64)
     for group in (None, 16):
-        torch.testing.assert_close(llm.gptq(w, torch.eye(64), 4, group, damp=0.0), llm.rtn(w, 4, group))
+        for act_order in (False, True):
+            approx = llm.gptq(w, torch.eye(64), 4, group, damp=0.0, act_order=act_order)
+            torch.testing.assert_close(approx, llm.rtn(w, 4, group))
 
 
 @pytest.mark.parametrize("bits, group", [(4, None), (3, 32), (3, 20)])
@@ -65,6 +69,7 @@ def test_gptq_beats_rtn_on_correlated_inputs(bits, group):
     h = x.T @ x / len(x)
     error = lambda approx: (x @ (w - approx).T).pow(2).mean().item()  # noqa: E731
     assert error(llm.gptq(w, h, bits, group)) < 0.5 * error(llm.rtn(w, bits, group))
+    assert error(llm.gptq(w, h, bits, group, act_order=True)) < 0.5 * error(llm.rtn(w, bits, group))
 
 
 def test_gptq_arguments():
@@ -76,8 +81,21 @@ def test_gptq_arguments():
         llm.gptq(torch.randn(4, 8), torch.eye(8), 0)
     with pytest.raises(ValueError, match="method"):
         llm.quantize_weights_(_tiny_gpt(), "awq", 4)
-    with pytest.raises(ValueError, match="stats"):
+    with pytest.raises(ValueError, match="calibration"):
         llm.quantize_weights_(_tiny_gpt(), "gptq", 4)
+    with pytest.raises(ValueError, match="empty"):
+        llm.quantize_weights_(_tiny_gpt(), "gptq", 4, calibration=[])
+
+
+def test_sequential_gptq_beats_rtn_on_a_model():
+    model, batches = _tiny_gpt(), _batches(8)
+    with torch.no_grad():
+        model.blocks[0].ln1.weight[:4] = 8.0  # uneven input energy, where GPTQ has something to exploit
+    x = batches[0][0]
+    error = lambda m: (m(x) - model(x)).pow(2).mean().item()  # noqa: E731
+    rtn = llm.quantize_weights_(copy.deepcopy(model), "rtn", 3, 16)
+    gptq = llm.quantize_weights_(copy.deepcopy(model), "gptq", 3, 16, calibration=batches)
+    assert error(gptq) < 0.7 * error(rtn)
 
 
 def test_quantize_weights_touches_block_linears_only():
@@ -131,3 +149,31 @@ def test_w8a8_and_int8_kernels_stay_close_to_float():
     kernels = {type(m) for m in llm.int8_dynamic(model).modules()}
     assert torch.ao.nn.quantized.dynamic.Linear in kernels and nn.Linear not in kernels
     assert math.isfinite(base)
+
+
+@pytest.mark.parametrize("bits, tolerance", [(8, 0.02), (4, 0.25)])
+def test_weight_only_kernels_match_their_simulation(bits, tolerance):
+    torch.manual_seed(0)
+    layer = nn.Linear(128, 64)
+    x = torch.randn(5, 3, 128)
+    real = llm.WeightOnlyLinear(layer, bits, group_size=32)
+    weight = llm.rtn(layer.weight, 4, 32) if bits == 4 else fake_quantize(layer.weight, 8, axis=0)
+    simulated = nn.functional.linear(x, weight, layer.bias)
+    assert (real(x) - simulated).abs().max() < tolerance
+    assert real.codes.numel() * real.codes.element_size() == 128 * 64 * bits // 8
+    with pytest.raises(ValueError, match="bits"):
+        llm.WeightOnlyLinear(layer, 2)
+    with pytest.raises(ValueError, match="group_size"):
+        llm.WeightOnlyLinear(layer, 4, group_size=48)
+    with pytest.raises(ValueError, match="divisible by 16"):
+        llm.WeightOnlyLinear(nn.Linear(128, 40), 4, group_size=32)
+
+
+def test_weight_only_model_reads_fewer_bytes():
+    model = _tiny_gpt()
+    int4, int8 = llm.weight_only(model, 4, 32), llm.weight_only(model, 8)
+    assert llm.decode_weight_bytes(int4) < llm.decode_weight_bytes(int8) < llm.decode_weight_bytes(model) / 3.5
+    assert int4.lm_head.bits == 8  # 40 outputs: not a shape the int4 kernel takes
+    x = _batches()[0][0]
+    relative_error = lambda m: ((m(x) - model(x)).norm() / model(x).norm()).item()  # noqa: E731
+    assert relative_error(int8) < 0.01 < relative_error(int4) < 0.1

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effdl.quant.core import fake_quantize, qparams, qrange
+from effdl.quant.core import fake_quantize, grouped, qparams, qrange, quantize
 from effdl.quant.pack import packed_bytes
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -74,8 +74,11 @@ class InputStats:
 
 
 @torch.no_grad()
-def input_stats(model: nn.Module, names: Iterable[str], batches: Iterable[Batch]) -> dict[str, InputStats]:
-    """Run ``batches`` through ``model`` and accumulate :class:`InputStats` for the named linears."""
+def input_stats(model: nn.Module, names: Iterable[str], batches: Iterable, call: bool = False) -> dict[str, InputStats]:
+    """Run ``batches`` through ``model`` and accumulate :class:`InputStats` for the named linears.
+
+    Batches are ``(inputs, targets)`` pairs, or with ``call=True`` ``(args, kwargs)`` to call ``model`` with.
+    """
     stats: dict[str, InputStats] = {}
     hooks = []
     layers = dict(model.named_modules())
@@ -95,8 +98,8 @@ def input_stats(model: nn.Module, names: Iterable[str], batches: Iterable[Batch]
         hooks.append(layers[name].register_forward_pre_hook(hook(name)))
     dev = next(model.parameters()).device
     try:
-        for x, _ in batches:
-            model(x.to(dev))
+        for first, second in batches:
+            model(*first, **second) if call else model(first.to(dev))
     finally:
         for h in hooks:
             h.remove()
@@ -121,13 +124,15 @@ def _affine_params(cols: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.T
 
 
 def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int | None = None,
-         block_size: int = 128, damp: float = 0.01) -> torch.Tensor:  # fmt: skip
+         block_size: int = 128, damp: float = 0.01, act_order: bool = False) -> torch.Tensor:  # fmt: skip
     """GPTQ (Frantar et al., 2023): quantize columns one by one, pushing each error onto the rest.
 
     Minimises ``||W X - W_hat X||^2`` with ``H = X^T X / n``: after quantizing column ``j`` the
     remaining columns absorb ``err_j * H^-1[j, j:] / H^-1[j, j]``, read from the upper Cholesky
     factor of ``H^-1``. ``damp`` (a fraction of the mean diagonal) keeps ``H`` invertible; updates
-    to later columns are applied once per block of ``block_size`` columns (section 4.3).
+    to later columns are applied once per block of ``block_size`` columns. ``act_order`` visits
+    columns by decreasing ``H[j, j]`` (the inputs with the most energy first) with each group's
+    grid fixed from the original weights, so groups stay contiguous in storage (section 4.3).
     """
     rows, cols = weight.shape
     if hessian.shape != (cols, cols):
@@ -136,25 +141,35 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int
         raise ValueError(f"group_size must be a positive int or None, got {group_size!r}")
     if damp < 0 or block_size <= 0:
         raise ValueError(f"damp must be >= 0 and block_size positive, got {damp}, {block_size}")
-    if group_size is not None:
-        block_size = max(block_size // group_size, 1) * group_size  # a group never straddles two blocks
+    q_min, q_max = qrange(bits, signed=False)
     w = weight.detach().float().clone()
     h = hessian.detach().float().clone()
     dead = torch.diag(h) == 0  # inputs that were always zero: their columns cannot matter
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     h += damp * torch.diag(h).mean() * torch.eye(cols, device=h.device)
+    order = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(cols, device=h.device)
+    w, h = w[:, order], h[order][:, order]
     h_inv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    q_min, q_max = qrange(bits, signed=False)
-    scale, zero = _affine_params(w, bits) if group_size is None else (None, None)
+    width = group_size or cols
+    static = group_size is None or act_order  # grids fixed up front, from the original weights
+    if static:
+        view = grouped(weight.detach().float(), width)
+        scales, zeros = qparams(view.amin(-1), view.amax(-1), bits, signed=False, symmetric=False)
+        group_of = (order // width).tolist()
+    elif group_size is not None:
+        block_size = max(block_size // group_size, 1) * group_size  # a group never straddles two blocks
     out = torch.zeros_like(w)
     for start in range(0, cols, block_size):
         end = min(start + block_size, cols)
         block, errors = w[:, start:end].clone(), torch.zeros(rows, end - start, device=w.device)
         h_block = h_inv[start:end, start:end]
         for i in range(end - start):
-            if group_size is not None and (start + i) % group_size == 0:
-                scale, zero = _affine_params(block[:, i : i + group_size], bits)
+            if static:
+                g = group_of[start + i]
+                scale, zero = scales[:, g : g + 1], zeros[:, g : g + 1]
+            elif i % width == 0:
+                scale, zero = _affine_params(block[:, i : i + width], bits)
             column = block[:, i : i + 1]
             q = (torch.clamp(torch.round(column / scale) + zero, q_min, q_max) - zero) * scale
             out[:, start + i] = q.flatten()
@@ -162,25 +177,85 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int
             block[:, i:] -= err @ h_block[i : i + 1, i:]
             errors[:, i : i + 1] = err
         w[:, end:] -= errors @ h_inv[start:end, end:]
-    return out.to(weight.dtype)
+    return out[:, torch.argsort(order)].to(weight.dtype)
+
+
+def transformer_blocks(model: nn.Module) -> nn.ModuleList | nn.Sequential:
+    """The stack of transformer blocks: ``model.blocks`` (the book's GPT) or ``model.model.layers`` (Llama)."""
+    if hasattr(model, "blocks"):
+        return model.blocks
+    if hasattr(model, "model") and hasattr(model.model, "layers"):
+        return model.model.layers
+    raise ValueError(f"model must be the book's GPT or a Llama-style model, got {type(model).__name__}")
+
+
+class _Captured(Exception):
+    """Raised by a hook to stop a forward pass once the first block's inputs are recorded."""
+
+
+@torch.no_grad()
+def _first_block_inputs(model: nn.Module, blocks, batches: Iterable[Batch]) -> list[tuple[tuple, dict]]:
+    captured = []
+
+    def capture(_module, args, kwargs):
+        captured.append((args, kwargs))
+        raise _Captured
+
+    hook = blocks[0].register_forward_pre_hook(capture, with_kwargs=True)
+    dev = next(model.parameters()).device
+    try:
+        for x, _ in batches:
+            try:
+                model(x.to(dev), **({} if hasattr(model, "blocks") else {"use_cache": False}))
+            except _Captured:
+                pass
+    finally:
+        hook.remove()
+    return captured
+
+
+@torch.no_grad()
+def gptq_sequential_(model: nn.Module, batches: Iterable[Batch], bits: int, group_size: int | None = None,
+                     act_order: bool = True, damp: float = 0.01) -> nn.Module:  # fmt: skip
+    """GPTQ block by block: each block is calibrated on the outputs of the already-quantized blocks before it.
+
+    Errors of early blocks then show up in the Hessians of later ones, which can compensate
+    for them; one forward pass per block over the calibration set (section 4.3).
+    """
+    blocks = transformer_blocks(model)
+    inputs = _first_block_inputs(model, blocks, batches)
+    if not inputs:
+        raise ValueError("batches must not be empty")
+    for block in blocks:
+        linears = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+        stats = input_stats(block, linears, [(args, kwargs) for args, kwargs in inputs], call=True)
+        for name, layer in linears.items():
+            layer.weight.copy_(gptq(layer.weight, stats[name].hessian, bits, group_size, damp=damp,
+                                    act_order=act_order))  # fmt: skip
+        inputs = [_with_hidden(block(*args, **kwargs), args, kwargs) for args, kwargs in inputs]
+    return model
+
+
+def _with_hidden(output, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The next block's call: this block's output as the hidden states, everything else unchanged."""
+    hidden = output[0] if isinstance(output, tuple) else output
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
 
 
 @torch.no_grad()
 def quantize_weights_(model: nn.Module, method: str, bits: int, group_size: int | None = None,
-                      stats: dict[str, InputStats] | None = None,
-                      names: Iterable[str] | None = None) -> nn.Module:  # fmt: skip
-    """Replace the weights of the block linears (or ``names``) in place by their RTN or GPTQ values."""
+                      calibration: Iterable[Batch] | None = None) -> nn.Module:  # fmt: skip
+    """Replace the weights of the block linears in place by their RTN or (sequential) GPTQ values."""
     if method not in ("rtn", "gptq"):
         raise ValueError(f"method must be 'rtn' or 'gptq', got {method!r}")
-    layers = block_linears(model)
-    for name in names if names is not None else list(layers):
-        weight = layers[name].weight
-        if method == "gptq":
-            if stats is None or name not in stats:
-                raise ValueError(f"gptq needs calibration stats for {name!r}: pass stats=input_stats(...)")
-            weight.copy_(gptq(weight, stats[name].hessian.to(weight.device), bits, group_size))
-        else:
-            weight.copy_(rtn(weight, bits, group_size))
+    if method == "gptq":
+        if calibration is None:
+            raise ValueError("gptq needs calibration batches: pass calibration=...")
+        return gptq_sequential_(model, calibration, bits, group_size)
+    for layer in block_linears(model).values():
+        layer.weight.copy_(rtn(layer.weight, bits, group_size))
     return model
 
 
@@ -278,3 +353,84 @@ def smollm2_windows(tokenizer, split: str, seq_len: int, n_windows: int, batch_s
     text = shakespeare().text(split)
     ids = torch.tensor(tokenizer(text[: 6 * seq_len * (n_windows + 1)])["input_ids"])
     return token_windows(ids, seq_len, n_windows, batch_size)
+
+
+def int4_compatible(linear: nn.Linear, group_size: int) -> bool:
+    """Whether PyTorch's CPU int4 kernel accepts this layer's shape with ``group_size``."""
+    rows, cols = linear.weight.shape
+    return group_size > 0 and cols % group_size == 0 and rows % 16 == 0
+
+
+class WeightOnlyLinear(nn.Module):
+    """A linear layer with int8 (per-channel) or int4 (per-group) weights on PyTorch's CPU kernels.
+
+    The input is cast to bf16, multiplied by the dequantized-on-the-fly weight inside the kernel
+    (``torch._weight_int8pack_mm`` / ``aten._weight_int4pack_mm_for_cpu``), and cast back: only
+    the small integer codes are read from memory, which is what makes decoding faster (section 4.6).
+    """
+
+    def __init__(self, linear: nn.Linear, bits: int = 8, group_size: int = 64) -> None:
+        super().__init__()
+        if bits not in (4, 8):
+            raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+        w = linear.weight.detach().float().cpu()
+        rows, cols = w.shape
+        self.bits, self.group_size, self.out_features = bits, group_size, rows
+        if bits == 8:
+            scale = (w.abs().amax(1) / 127).clamp(min=torch.finfo(torch.float32).eps)
+            self.register_buffer("codes", torch.round(w / scale[:, None]).clamp(-128, 127).to(torch.int8))
+            self.register_buffer("scales", scale.to(torch.bfloat16))
+        else:
+            if not int4_compatible(linear, group_size):
+                raise ValueError(
+                    f"the int4 kernel needs group_size dividing in_features ({cols}) and out_features "
+                    f"({rows}) divisible by 16; got group_size {group_size}"
+                )
+            view = grouped(w, group_size)
+            scale, zero = qparams(view.amin(-1, keepdim=True), view.amax(-1, keepdim=True), 4, False, False)
+            codes = quantize(view, scale, zero, 4, signed=False).reshape(rows, cols)
+            self.register_buffer("codes", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1))
+            offset = (8 - zero) * scale  # the kernel computes (q - 8) * scale + offset
+            packed = torch.stack([scale.squeeze(-1), offset.squeeze(-1)], -1).transpose(0, 1).contiguous()
+            self.register_buffer("scales", packed.to(torch.bfloat16))
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().cpu().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+        if self.bits == 8:
+            y = torch._weight_int8pack_mm(flat, self.codes, self.scales)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.codes, self.group_size, self.scales)
+        y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"int{self.bits}" + (f", group {self.group_size}" if self.bits == 4 else ", per channel")
+
+
+def weight_only(model: nn.Module, bits: int = 8, group_size: int = 64) -> nn.Module:
+    """A CPU copy of ``model`` with every ``nn.Linear`` (the output head too) as a :class:`WeightOnlyLinear`.
+
+    With ``bits=4``, a layer whose shape the int4 kernel rejects (e.g. a 90-token output head) gets int8.
+    """
+    quantized = copy.deepcopy(model).cpu()
+    for name, layer in list(quantized.named_modules()):
+        if isinstance(layer, nn.Linear):
+            parent, _, attr = name.rpartition(".")
+            layer_bits = 8 if bits == 4 and not int4_compatible(layer, group_size) else bits
+            setattr(quantized.get_submodule(parent) if parent else quantized, attr,
+                    WeightOnlyLinear(layer, layer_bits, group_size))  # fmt: skip
+    return quantized
+
+
+def decode_weight_bytes(model: nn.Module) -> int:
+    """Bytes of the weights one decoding step reads: every linear layer's weights (codes and scales)."""
+    total = 0
+    for m in model.modules():
+        if isinstance(m, WeightOnlyLinear):
+            total += m.codes.numel() * m.codes.element_size() + m.scales.numel() * m.scales.element_size()
+        elif isinstance(m, nn.Linear):
+            total += m.weight.numel() * m.weight.element_size()
+        elif isinstance(m, torch.ao.nn.quantized.dynamic.Linear):
+            total += m.weight().numel() + m.weight().q_per_channel_scales().numel() * 4
+    return total
