@@ -13,5 +13,11 @@ def test_rows_with_targets_say_whether_they_were_met():
 
 
 def test_every_target_names_a_measured_row():
-    groups = {"machine", "smollm2-135m", *headline.zoo.NAMES}
+    groups = {"machine", "smollm2-135m", "quant-resnet", "quant-gpt", "quant-smollm2", *headline.zoo.NAMES}
     assert {group for group, _ in headline.TARGETS} <= groups
+
+
+def test_strict_targets_need_a_strict_improvement():
+    better = headline._row("quant-gpt", "GPTQ minus RTN perplexity, int4-g128", -0.2, "pt of %")
+    equal = headline._row("quant-gpt", "GPTQ minus RTN perplexity, int4-g128", 0.0, "pt of %")
+    assert better.met is True and equal.met is False and better.target == "< 0"

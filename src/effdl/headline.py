@@ -7,17 +7,23 @@ first use). Rows with a target say whether it was met; speed targets are ratios 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import operator
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
-from effdl import bench, zoo
-from effdl.config import mode
+from effdl import bench, data, train, zoo
+from effdl.config import mode, pick
 from effdl.models import smollm2
+from effdl.quant import QuantConfig, core, llm, quantize_model
+from effdl.quant import model as qmodel
+from effdl.quant.layers import fold_batchnorms
 
 BATCH_LATENCY, BATCH_THROUGHPUT = 1, 256
 TARGETS = {  # (comparison, bound) per (group, metric); issue 2's targets, full mode on a 2-core CPU
@@ -29,8 +35,24 @@ TARGETS = {  # (comparison, bound) per (group, metric); issue 2's targets, full 
     ("gpt-shakespeare", "train time"): ("<=", 600.0),
     ("smollm2-135m", "share of bandwidth bound"): (">=", 0.50),
     ("smollm2-135m", "load from cache"): ("<=", 5.0),
+    # issue 3 (quantization)
+    ("quant-resnet", "fake-quant vs torch ops, max difference"): ("<=", 0.0),
+    ("quant-resnet", "W8A8 PTQ per-channel drop"): ("<=", 0.3),
+    ("quant-resnet", "per-tensor minus per-channel accuracy"): ("<", 0.0),
+    ("quant-resnet", "W4A8 QAT (2 epochs) gap to fp32"): ("<=", 0.5),
+    ("quant-resnet", "int8 engine speed-up (batch 256)"): (">=", 2.0),
+    ("quant-resnet", "int8 file / fp32 file"): ("<=", 0.27),
+    ("quant-gpt", "int8 weight-only perplexity change"): ("<=", 0.5),
+    ("quant-gpt", "int4-g128 GPTQ perplexity change"): ("<=", 3.0),
+    ("quant-gpt", "GPTQ minus RTN perplexity, int4-g128"): ("<", 0.0),
+    ("quant-gpt", "GPTQ minus RTN perplexity, int3-g128"): ("<", 0.0),
+    ("quant-smollm2", "int8 weight-only perplexity change"): ("<=", 0.5),
+    ("quant-smollm2", "int4-g128 GPTQ perplexity change"): ("<=", 3.0),
+    ("quant-smollm2", "GPTQ minus RTN perplexity, int4-g128"): ("<", 0.0),
+    ("quant-smollm2", "GPTQ minus RTN perplexity, int3-g128"): ("<", 0.0),
+    ("quant-smollm2", "int8 weight-only decode speed-up"): (">=", 1.5),
 }
-_OPS = {">=": operator.ge, "<=": operator.le}
+_OPS = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
 
 
 @dataclass(frozen=True)
@@ -93,6 +115,91 @@ def smollm2_rows() -> list[Row]:
     ]
 
 
+def _accuracy(model: torch.nn.Module, loader) -> float:
+    return 100 * train.evaluate(model, loader, device=torch.device("cpu"))["accuracy"]
+
+
+def quant_cnn_rows() -> list[Row]:
+    """Chapter 3's targets on the ResNet: PTQ, QAT, the int8 engine's speed and file size."""
+    group, resnet = "quant-resnet", zoo.pretrained("resnet-fmnist").model.eval().cpu()
+    weights = [m.weight.detach() for m in fold_batchnorms(resnet).modules() if isinstance(m, torch.nn.Conv2d)]
+    difference = max((core.fake_quantize(w, 8, axis=0) - torch.fake_quantize_per_channel_affine(
+        w, core.qparams(*core.minmax(w, 0))[0].flatten(), torch.zeros(w.shape[0], dtype=torch.int32), 0, -128, 127)
+    ).abs().max().item() for w in weights)  # fmt: skip
+    test = data.loader(data.fashion_mnist("test"), 1000)
+    calibration = [x for x, _ in data.loader(data.fashion_mnist("train", limit=pick(fast=512, full=2048)), 256)]
+    fp32 = _accuracy(resnet, test)
+    per_channel = _accuracy(quantize_model(resnet, QuantConfig(), calibration), test)
+    per_tensor = _accuracy(quantize_model(resnet, QuantConfig(per_channel=False), calibration), test)
+    rows = [_row(group, "fake-quant vs torch ops, max difference", difference, "abs"),
+            _row(group, "fp32 test accuracy", fp32, "%"),
+            _row(group, "W8A8 PTQ per-channel drop", fp32 - per_channel, "pt"),
+            _row(group, "per-tensor minus per-channel accuracy", per_tensor - per_channel, "pt")]  # fmt: skip
+    for label, config in [("W4A8", QuantConfig(weight_bits=4, learn_scales=True)),
+                          ("ternary", QuantConfig(weight_format="ternary", act_bits=None)),
+                          ("binary", QuantConfig(weight_format="binary", act_bits=None))]:  # fmt: skip
+        quantized = quantize_model(resnet, config, calibration)
+        qmodel.finetune(quantized, pick(fast=1, full=2), lr=0.01, train_limit=pick(fast=2000, full=20000))
+        accuracy = _accuracy(quantized, test)
+        rows.append(_row(group, "W4A8 QAT (2 epochs) gap to fp32", fp32 - accuracy, "pt") if label == "W4A8"
+                    else _row(group, f"{label} QAT (2 epochs) accuracy", accuracy, "%"))  # fmt: skip
+    engine = qmodel.int8_engine(resnet, calibration, calibration[0])
+    batch = zoo.example_input("resnet-fmnist", BATCH_THROUGHPUT)
+    with torch.no_grad():
+        speedup = bench.time_fn(lambda: resnet(batch)).median / bench.time_fn(lambda: engine(batch)).median
+    with tempfile.TemporaryDirectory() as folder:
+        int8_file = qmodel.save_quantized(quantize_model(resnet, QuantConfig(), calibration), Path(folder) / "q")
+        save_file(resnet.state_dict(), Path(folder) / "f")
+        fp32_file = bench.size_bytes(Path(folder) / "f")
+    return rows + [
+        _row(group, "int8 engine accuracy minus simulated", _accuracy(engine, test) - per_channel, "pt"),
+        _row(group, "int8 engine speed-up (batch 256)", speedup, "x"),
+        _row(group, "int8 file / fp32 file", int8_file / fp32_file, "ratio"),
+    ]
+
+
+def _llm_suite(name: str):
+    """(model, held-out test windows, calibration windows) as in Chapter 4."""
+    if name == "quant-gpt":
+        model, corpus = zoo.pretrained("gpt-shakespeare").model.eval().cpu(), data.shakespeare()
+        context = model.cfg.context
+        return (model, llm.token_windows(corpus.split("test"), context, pick(fast=32, full=512), 32),
+                llm.token_windows(corpus.split("train"), context, pick(fast=32, full=256), 32))  # fmt: skip
+    model, tokenizer = smollm2()
+    length = pick(fast=128, full=512)
+    return (model, llm.smollm2_windows(tokenizer, "test", length, pick(fast=4, full=16), 4),
+            llm.smollm2_windows(tokenizer, "train", length, pick(fast=8, full=32), 4))  # fmt: skip
+
+
+def quant_llm_rows(group: str) -> list[Row]:
+    """Chapter 4's targets: int8/int4 perplexity, GPTQ against RTN (and SmolLM2's int8 decode speed)."""
+    model, test, calibration = _llm_suite(group)
+    base = llm.perplexity(model, test)
+
+    def change(method: str, bits: int, group_size: int | None) -> float:
+        quantized = llm.quantize_weights_(copy.deepcopy(model), method, bits, group_size, calibration=calibration)
+        return 100 * (llm.perplexity(quantized, test) / base - 1)
+
+    gptq4, gptq3 = change("gptq", 4, 128), change("gptq", 3, 128)
+    rows = [_row(group, "fp32 perplexity", base, "ppl"),
+            _row(group, "int8 weight-only perplexity change", change("rtn", 8, None), "%"),
+            _row(group, "int4-g128 GPTQ perplexity change", gptq4, "%"),
+            _row(group, "GPTQ minus RTN perplexity, int4-g128", gptq4 - change("rtn", 4, 128), "pt of %"),
+            _row(group, "GPTQ minus RTN perplexity, int3-g128", gptq3 - change("rtn", 3, 128), "pt of %")]  # fmt: skip
+    return rows
+
+
+def quant_decode_rows() -> list[Row]:
+    """Chapter 4's decoding speed-ups of SmolLM2 on real low-bit CPU kernels, against fp32 in the same run."""
+    model, tokenizer = smollm2()
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    fp32 = bench.decode_tokens_per_s(model, ids, new_tokens=32)
+    variants = {"int8 weight-only": llm.weight_only(model, 8), "int8 dynamic W8A8": llm.int8_dynamic(model),
+                "int4-g64 weight-only": llm.weight_only(model, 4, 64)}  # fmt: skip
+    return [_row("quant-smollm2", f"{label} decode speed-up", bench.decode_tokens_per_s(m, ids, 32) / fp32, "x")
+            for label, m in variants.items()]  # fmt: skip
+
+
 def format_table(rows: list[Row]) -> str:
     lines = [f"{'group':<16} {'metric':<38} {'value':>14} {'unit':<10} {'target':<9} met"]
     for r in rows:
@@ -109,6 +216,7 @@ def main() -> None:
     for name in zoo.NAMES:
         rows += baseline_rows(name)
     rows += smollm2_rows()
+    rows += quant_cnn_rows() + quant_llm_rows("quant-gpt") + quant_llm_rows("quant-smollm2") + quant_decode_rows()
     print(f"Efficient Models headline table ({mode()} mode, {torch.get_num_threads()} threads)")
     print(format_table(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,11 @@ def fake_quantize_ste(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Te
     return torch.where(inside, passed, code.clamp(q_min, q_max) - zero_point) * scale
 
 
+def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``x`` forward, gradient multiplied by ``factor`` backward (LSQ's step-size gradient scale)."""
+    return x.detach() + (x - x.detach()) * factor
+
+
 def _per_channel(w: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return values.reshape(-1, *[1] * (w.dim() - 1))
 
@@ -64,7 +69,8 @@ class WeightQuantizer(nn.Module):
     """Symmetric signed fake-quantization of a weight, per output channel or per tensor.
 
     ``observer`` chooses the range from the weight itself (``minmax``, ``percentile`` or ``mse``).
-    With ``learn_scale`` the scale becomes a parameter trained with the network (LSQ); otherwise
+    With ``learn_scale`` the scale becomes a parameter trained with the network (LSQ, its gradient
+    scaled by ``1 / sqrt(elements per channel * q_max)``); otherwise
     it follows the weight (recomputed whenever the weight changes). ``format`` ``ternary`` and
     ``binary`` replace the integer grid by 3 and 2 levels with per-channel magnitudes.
     """
@@ -97,7 +103,8 @@ class WeightQuantizer(nn.Module):
         if self.learn_scale:
             if self.scale is None:
                 self.scale = nn.Parameter(self._fit_scale(w))
-            return self.scale
+            q_max = qrange(self.bits, signed=True)[1]
+            return scale_gradient(self.scale, (w[0].numel() * q_max) ** -0.5).abs().clamp(min=1e-8)
         key = (w.data_ptr(), w._version)
         if self.scale is None or key != self._seen:
             self.scale, self._seen = self._fit_scale(w), key
@@ -124,11 +131,12 @@ class ActQuantizer(nn.Module):
     forward fake-quantizes. ``learn_scale`` makes the frozen scale a trainable parameter.
     """
 
-    def __init__(self, bits: int = 8, observer: str = "minmax", learn_scale: bool = False) -> None:
+    def __init__(self, bits: int = 8, observer: str = "minmax", learn_scale: bool = False,
+                 percentile: float = 99.99) -> None:  # fmt: skip
         super().__init__()
         check_bits(bits, 2, 16)
         self.bits, self.observer_name, self.learn_scale = bits, observer, learn_scale
-        kwargs = {"bits": bits, "symmetric": False} if observer == "mse" else {}
+        kwargs = {"mse": {"bits": bits, "symmetric": False}, "percentile": {"percentile": percentile}}.get(observer, {})
         self.observer = make_observer(observer, None, **kwargs)
         self.calibrating = False
         self.scale: torch.Tensor | None = None
@@ -148,8 +156,8 @@ class ActQuantizer(nn.Module):
         if self.scale is None:
             raise RuntimeError("ActQuantizer is not calibrated: run calibrate(model, batches) first")
         q_min, q_max = qrange(self.bits, signed=False)
-        scale = self.scale.to(x.device)
-        return fake_quantize_ste(x, scale, self.zero_point.to(x.device), q_min, q_max)
+        scale = scale_gradient(self.scale, (x[0].numel() * q_max) ** -0.5) if self.learn_scale else self.scale
+        return fake_quantize_ste(x, scale.to(x.device), self.zero_point.to(x.device), q_min, q_max)
 
     def extra_repr(self) -> str:
         return f"uint{self.bits}, {self.observer_name}"

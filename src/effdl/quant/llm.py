@@ -280,8 +280,13 @@ def weight_only_bytes(model: nn.Module, bits: int | None, group_size: int | None
 # --- activations: outliers, W8A8 and SmoothQuant ---------------------------------------------
 
 
-def norm_linear_pairs(model: nn.Module) -> list[tuple[nn.Module, list[str]]]:
-    """Each pre-norm and the linears that read its output: where SmoothQuant can move scales (section 4.5)."""
+def smoothing_pairs(model: nn.Module) -> list[tuple[nn.Module, list[str]]]:
+    """Where SmoothQuant can move scales: a module whose output channels can absorb ``1/s``, and its readers.
+
+    Pre-norms feed the attention and MLP input projections; in a Llama MLP, ``up_proj``'s output
+    rows also scale the input of ``down_proj`` exactly (``silu(gate) * up / s``), which is where
+    SmolLM2's largest activations live (section 4.5).
+    """
     names = {m: n for n, m in model.named_modules()}
     pairs = []
     for module in model.modules():
@@ -290,7 +295,8 @@ def norm_linear_pairs(model: nn.Module) -> list[tuple[nn.Module, list[str]]]:
         elif hasattr(module, "input_layernorm") and hasattr(module, "self_attn"):  # Llama decoder layer
             attn, mlp = module.self_attn, module.mlp
             pairs += [(module.input_layernorm, [names[attn.q_proj], names[attn.k_proj], names[attn.v_proj]]),
-                      (module.post_attention_layernorm, [names[mlp.gate_proj], names[mlp.up_proj]])]  # fmt: skip
+                      (module.post_attention_layernorm, [names[mlp.gate_proj], names[mlp.up_proj]]),
+                      (mlp.up_proj, [names[mlp.down_proj]])]  # fmt: skip
     return pairs
 
 
@@ -298,19 +304,21 @@ def norm_linear_pairs(model: nn.Module) -> list[tuple[nn.Module, list[str]]]:
 def smooth_(model: nn.Module, stats: dict[str, InputStats], alpha: float = 0.5) -> nn.Module:
     """SmoothQuant (Xiao et al., 2023): divide activations by ``s``, multiply weights by ``s``, per channel.
 
-    ``s_j = max|x_j|^alpha / max|W_:,j|^(1 - alpha)``; dividing the preceding norm's weight by
-    ``s`` leaves the network's function unchanged while flattening activation outliers.
+    ``s_j = max|x_j|^alpha / max|W_:,j|^(1 - alpha)``; dividing the output channels of the module
+    that produces ``x`` (a norm's weight, or a linear's rows) by ``s`` leaves the network's function
+    unchanged while flattening activation outliers. Pairs are visited in order, so a linear is
+    rescaled as a reader before it is rescaled as a source.
     """
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     layers = dict(model.named_modules())
-    for norm, names in norm_linear_pairs(model):
-        act = stats[names[0]].absmax
+    for source, names in smoothing_pairs(model):
+        act = stats[names[0]].absmax.to(source.weight.device)
         w_max = torch.stack([layers[n].weight.abs().amax(0) for n in names]).amax(0)
-        s = (act.pow(alpha) / w_max.pow(1 - alpha)).clamp(min=1e-5).to(norm.weight.dtype)
-        norm.weight.div_(s)
-        if getattr(norm, "bias", None) is not None:
-            norm.bias.div_(s)
+        s = (act.pow(alpha) / w_max.pow(1 - alpha)).clamp(min=1e-5).to(source.weight.dtype)
+        source.weight.div_(s[:, None] if isinstance(source, nn.Linear) else s)
+        if getattr(source, "bias", None) is not None:
+            source.bias.div_(s)
         for n in names:
             layers[n].weight.mul_(s)
     return model
@@ -343,7 +351,8 @@ def int8_dynamic(model: nn.Module) -> nn.Module:
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).cpu(), {nn.Linear}, dtype=torch.qint8)
+        qconfig = {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).cpu(), qconfig, dtype=torch.qint8)
 
 
 def smollm2_windows(tokenizer, split: str, seq_len: int, n_windows: int, batch_size: int = 8) -> list[Batch]:
@@ -432,5 +441,5 @@ def decode_weight_bytes(model: nn.Module) -> int:
         elif isinstance(m, nn.Linear):
             total += m.weight.numel() * m.weight.element_size()
         elif isinstance(m, torch.ao.nn.quantized.dynamic.Linear):
-            total += m.weight().numel() + m.weight().q_per_channel_scales().numel() * 4
+            total += m.weight().numel() + m.weight().q_per_channel_scales().numel() * 8  # fp64 scale, int64 zero
     return total

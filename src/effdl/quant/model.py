@@ -24,8 +24,10 @@ from effdl.train import fit
 class QuantConfig:
     """What :func:`quantize_model` does to each conv/linear layer.
 
-    ``act_bits=None`` quantizes weights only. ``only`` restricts quantization to the named layers
-    (a sensitivity scan quantizes one at a time); ``skip`` keeps the named layers in float.
+    ``act_bits=None`` quantizes weights only; ``fold_bn=False`` leaves BatchNorm in float after the
+    quantized convolutions (what an engine never runs: Chapter 3's pitfall). ``percentile`` is used
+    by percentile observers. ``only`` restricts quantization to the named layers (a sensitivity scan
+    quantizes one at a time); ``skip`` keeps the named layers in float.
     """
 
     weight_bits: int = 8
@@ -34,7 +36,9 @@ class QuantConfig:
     weight_observer: str = "minmax"
     act_bits: int | None = 8
     act_observer: str = "minmax"
+    percentile: float = 99.99
     learn_scales: bool = False
+    fold_bn: bool = True
     only: tuple[str, ...] | None = None
     skip: tuple[str, ...] = ()
 
@@ -60,12 +64,13 @@ def quantize_model(model: nn.Module, config: QuantConfig, calibration: Iterable 
     """
     if config.act_bits is not None and calibration is None:
         raise ValueError("calibration batches are required when config.act_bits is set")
-    quantized = fold_batchnorms(copy.deepcopy(model))
+    quantized = fold_batchnorms(copy.deepcopy(model)) if config.fold_bn else copy.deepcopy(model).eval()
     for name in _targets(quantized, config):
         parent, _, attr = name.rpartition(".")
         weight = WeightQuantizer(config.weight_bits, config.per_channel, config.weight_observer,
                                  config.weight_format, config.learn_scales)  # fmt: skip
-        act = ActQuantizer(config.act_bits, config.act_observer, config.learn_scales) if config.act_bits else None
+        act = (ActQuantizer(config.act_bits, config.act_observer, config.learn_scales, config.percentile)
+               if config.act_bits else None)  # fmt: skip
         owner = quantized.get_submodule(parent) if parent else quantized
         setattr(owner, attr, QuantLayer(getattr(owner, attr), weight, act))
     if config.act_bits is not None:
@@ -147,14 +152,17 @@ def expected_weight_bytes(model: nn.Module) -> int:
 
 
 def finetune(model: nn.Module, epochs: int, lr: float = 0.01, train_limit: int | None = None,
-             progress: bool = False) -> nn.Module:  # fmt: skip
-    """Quantization-aware fine-tuning on the Fashion-MNIST train split (SGD + cosine, section 3.6)."""
+             grad_clip: float | None = 1.0, progress: bool = False) -> nn.Module:  # fmt: skip
+    """Quantization-aware fine-tuning on the Fashion-MNIST train split (SGD + cosine, section 3.5).
+
+    Gradients are clipped: without BatchNorm (folded away) low-bit networks diverge easily.
+    """
     loader = data.loader(data.fashion_mnist("train", limit=train_limit), 128, shuffle=True)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(loader))
     fit(model, loader, epochs=epochs, optimizer=opt, scheduler=sched,
-        augment=functools.partial(data.augment_fmnist, shift=0), progress=progress)  # fmt: skip
+        augment=functools.partial(data.augment_fmnist, shift=0), grad_clip=grad_clip, progress=progress)  # fmt: skip
     return model.eval()
 
 
