@@ -78,5 +78,5 @@ def test_smollm2_loads_fast_and_knows_the_capital_of_france():
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
     ids = ids if isinstance(ids, torch.Tensor) else ids["input_ids"]
     out = model.generate(ids, max_new_tokens=12, do_sample=False)
-    answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    answer = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     assert "Paris" in answer, answer

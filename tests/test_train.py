@@ -28,9 +28,8 @@ def test_fit_learns_a_separable_problem_and_records_history():
     before = train.evaluate(model, loader)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1000)
-    hist = train.fit(
-        model, loader, epochs=5, optimizer=opt, scheduler=sched, val=loader, device=torch.device("cpu"), progress=False
-    )
+    hist = train.fit(model, loader, epochs=5, optimizer=opt, scheduler=sched, val=loader,
+                     device=torch.device("cpu"), progress=False)
     assert len(hist.train_loss) == len(hist.val_accuracy) == 5 and hist.seconds > 0
     assert hist.train_loss[-1] < hist.train_loss[0]
     assert hist.val_accuracy[-1] > 0.95 > before["accuracy"]
@@ -41,9 +40,8 @@ def test_fit_trains_a_gpt_with_the_same_loop_and_autocast():
     tokens = torch.arange(2000) % 5  # a periodic sequence is perfectly predictable
     batches = data.LMBatches(tokens, batch_size=8, context=16, steps=40)
     gpt = models.GPT(models.GPTConfig(vocab_size=5, context=16, n_layer=1, n_head=2, n_embd=32))
-    hist = train.fit(
-        gpt, batches, epochs=2, autocast=torch.bfloat16, grad_clip=1.0, device=torch.device("cpu"), progress=False
-    )
+    hist = train.fit(gpt, batches, epochs=2, autocast=torch.bfloat16, grad_clip=1.0,
+                     device=torch.device("cpu"), progress=False)
     metrics = train.evaluate(gpt, data.LMBatches(tokens, 8, 16, steps=5, random=False))
     assert hist.train_loss[-1] < 0.5 and metrics["accuracy"] > 0.9
 

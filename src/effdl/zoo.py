@@ -61,15 +61,11 @@ def _gpt_recipe() -> Recipe:
 
 
 _RECIPES = {
-    "cnn-fmnist": lambda: Recipe(
-        "cnn-fmnist", "fmnist", {"kind": "cnn", "width": 32, "depth": 2}, _image_training(epochs=10, shift=1)
-    ),  # fmt: skip
-    "resnet-fmnist": lambda: Recipe(
-        "resnet-fmnist",
-        "fmnist",
-        {"kind": "resnet", "widths": [16, 32, 64], "blocks": [1, 1, 1]},
-        _image_training(epochs=10, shift=0),
-    ),  # fmt: skip
+    "cnn-fmnist": lambda: Recipe("cnn-fmnist", "fmnist", {"kind": "cnn", "width": 32, "depth": 2},
+                                 _image_training(epochs=10, shift=1)),  # fmt: skip
+    "resnet-fmnist": lambda: Recipe("resnet-fmnist", "fmnist",
+                                    {"kind": "resnet", "widths": [16, 32, 64], "blocks": [1, 1, 1]},
+                                    _image_training(epochs=10, shift=0)),  # fmt: skip
     "gpt-shakespeare": _gpt_recipe,
 }
 NAMES = tuple(_RECIPES)

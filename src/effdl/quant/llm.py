@@ -1,9 +1,9 @@
 """Quantizing language models: weight-only RTN and GPTQ, outliers and SmoothQuant (Chapter 4).
 
 Works on any model whose projections are ``nn.Linear``: the book's char-level GPT and SmolLM2
-(``LlamaForCausalLM``). Weights are replaced by their dequantized values, which is exact for
-measuring perplexity; bytes are counted for the packed format; real int8 kernels are the
-subject of :func:`int8_dynamic`.
+(``LlamaForCausalLM``). For perplexity, weights are replaced by their dequantized values (exact
+for measuring quality) and bytes are counted for the packed format; for speed,
+:class:`WeightOnlyLinear` and :func:`int8_dynamic` run PyTorch's real int8/int4 CPU kernels.
 """
 
 from __future__ import annotations
