@@ -121,9 +121,10 @@ def test_qat_recovers_what_2bit_ptq_loses():
     teacher = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
     y = teacher(x).argmax(1)
     student = quantize_model(teacher, QuantConfig(weight_bits=2, act_bits=None, learn_scales=True))
+    opt = torch.optim.Adam(student.parameters(), lr=3e-3)  # built before any forward: scales must be in it
+    assert sum(p.numel() for p in student.parameters()) == sum(p.numel() for p in teacher.parameters()) + 36
     accuracy = lambda: (student(x).argmax(1) == y).float().mean().item()  # noqa: E731
     before = accuracy()
-    opt = torch.optim.Adam(student.parameters(), lr=3e-3)
     for _ in range(300):
         opt.zero_grad()
         nn.functional.cross_entropy(student(x), y).backward()

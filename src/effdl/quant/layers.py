@@ -70,9 +70,9 @@ class WeightQuantizer(nn.Module):
 
     ``observer`` chooses the range from the weight itself (``minmax``, ``percentile`` or ``mse``).
     With ``learn_scale`` the scale becomes a parameter trained with the network (LSQ, its gradient
-    scaled by ``1 / sqrt(elements per channel * q_max)``); otherwise
-    it follows the weight (recomputed whenever the weight changes). ``format`` ``ternary`` and
-    ``binary`` replace the integer grid by 3 and 2 levels with per-channel magnitudes.
+    scaled by ``1 / sqrt(elements per channel * q_max)``); otherwise it follows the weight
+    (refitted whenever the weight changes). ``fmt`` ``ternary`` and ``binary`` replace the integer
+    grid by 3 and 2 levels with per-channel magnitudes.
     """
 
     def __init__(self, bits: int = 8, per_channel: bool = True, observer: str = "minmax", fmt: str = "int",
@@ -171,6 +171,8 @@ class QuantLayer(nn.Module):
         if not isinstance(layer, nn.Conv2d | nn.Linear):
             raise ValueError(f"layer must be nn.Conv2d or nn.Linear, got {type(layer).__name__}")
         self.layer, self.weight_quant, self.act_quant = layer, weight, act
+        if weight.learn_scale and weight.fmt == "int":
+            weight.current_scale(layer.weight)  # create the learned scale now, before an optimizer is built
 
     def quantized_weight(self) -> torch.Tensor:
         return self.weight_quant(self.layer.weight)
