@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from effdl import data
 from effdl.models import GPT, GPTConfig
 from effdl.quant import llm
 from effdl.quant.core import fake_quantize
@@ -177,3 +178,13 @@ def test_weight_only_model_reads_fewer_bytes():
     x = _batches()[0][0]
     relative_error = lambda m: ((m(x) - model(x)).norm() / model(x).norm()).item()  # noqa: E731
     assert relative_error(int8) < 0.01 < relative_error(int4) < 0.1
+
+
+def test_shakespeare_suite_scores_test_text_and_calibrates_on_train():
+    model, test, calibration = llm.shakespeare_suite("gpt-shakespeare")
+    assert isinstance(model, GPT) and len(test) and len(calibration)
+    corpus = data.shakespeare()
+    assert torch.equal(test[0][0][0], corpus.split("test")[: model.cfg.context])
+    assert torch.equal(calibration[0][0][0], corpus.split("train")[: model.cfg.context])
+    with pytest.raises(ValueError, match="name"):
+        llm.shakespeare_suite("gpt2")

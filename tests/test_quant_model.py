@@ -71,14 +71,10 @@ def test_fold_batchnorms_removes_every_bn_of_a_resnet():
     torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=1e-4)
 
 
-def _calibration(n=4):
-    return [x for x, _ in data.loader(data.fashion_mnist("train", limit=256 * n), 256)]
-
-
 def test_w8a8_model_stays_close_to_float_and_w4_costs_half():
     model = zoo.pretrained("cnn-fmnist").model.eval().cpu()
     x = data.fashion_mnist("test", limit=512).tensors[0]
-    w8a8 = quantize_model(model, QuantConfig(), _calibration())
+    w8a8 = quantize_model(model, QuantConfig(), qm.calibration_batches())
     assert len(qm.quant_layers(w8a8)) == 3
     with torch.no_grad():
         ref, out = model(x), w8a8(x)
@@ -105,7 +101,7 @@ def test_quantize_model_arguments():
 
 def test_saved_file_holds_packed_codes(tmp_path):
     model = zoo.pretrained("cnn-fmnist").model.eval().cpu()
-    q = quantize_model(model, QuantConfig(weight_bits=4), _calibration(1))
+    q = quantize_model(model, QuantConfig(weight_bits=4), qm.calibration_batches(256))
     size = qm.save_quantized(q, tmp_path / "q.safetensors")
     assert qm.expected_weight_bytes(q) < size < qm.expected_weight_bytes(q) * 1.25
     state = qm.quantized_state(q)
@@ -134,7 +130,7 @@ def test_qat_recovers_what_2bit_ptq_loses():
 
 def test_int8_engine_agrees_with_simulation():
     model = zoo.pretrained("cnn-fmnist").model.eval().cpu()
-    calib = _calibration()
+    calib = qm.calibration_batches()
     engine = qm.int8_engine(model, calib, calib[0])
     simulated = quantize_model(model, QuantConfig(), calib)
     x = data.fashion_mnist("test", limit=1000).tensors[0]
@@ -143,3 +139,12 @@ def test_int8_engine_agrees_with_simulation():
     assert agree > 0.98
     with pytest.raises(ValueError, match="backend"):
         qm.int8_engine(model, calib, calib[0], backend="tpu")
+
+
+def test_calibration_batches_come_from_the_train_split():
+    batches = qm.calibration_batches(300, batch_size=128)
+    assert [len(b) for b in batches] == [128, 128, 44]
+    train_images = data.fashion_mnist("train", limit=300).tensors[0]
+    assert {tuple(x.flatten()[:50].tolist()) for x in torch.cat(batches)} == {
+        tuple(x.flatten()[:50].tolist()) for x in train_images
+    }

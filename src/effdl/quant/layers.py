@@ -21,14 +21,10 @@ from effdl.quant.observers import make_observer
 WEIGHT_FORMATS = ("int", "ternary", "binary")
 
 
-def round_ste(x: torch.Tensor) -> torch.Tensor:
-    """``round(x)`` forward, identity backward: the straight-through estimator (section 3.6)."""
-    return torch.round(x).detach() + (x - x.detach())  # exact value, gradient of x
-
-
 def fake_quantize_ste(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, q_min: int,
                       q_max: int) -> torch.Tensor:  # fmt: skip
-    """Fake-quantize with STE rounding: the gradient is 1 where the code is inside the grid, 0 where clipped.
+    """Fake-quantize with the straight-through estimator (section 3.5): rounding is the identity backward,
+    so the gradient is 1 where the code is inside the grid and 0 where it is clipped.
 
     When ``scale`` is a parameter, autograd gives it the LSQ gradient (Esser et al., 2020): ``q - x/s``
     inside the range, ``q_min - z`` or ``q_max - z`` where clipped.

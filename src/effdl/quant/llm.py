@@ -355,6 +355,27 @@ def int8_dynamic(model: nn.Module) -> nn.Module:
         return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).cpu(), qconfig, dtype=torch.qint8)
 
 
+def shakespeare_suite(name: str) -> tuple[nn.Module, list[Batch], list[Batch]]:
+    """``(model, held-out test windows, calibration windows)`` of Chapter 4 for ``gpt-shakespeare`` or ``smollm2``.
+
+    Test windows come from the test split, calibration windows from the train split (section 4.1).
+    """
+    from effdl import data, models, zoo
+    from effdl.config import pick
+
+    if name == "gpt-shakespeare":
+        model, corpus = zoo.pretrained(name).model.eval(), data.shakespeare()
+        context = model.cfg.context
+        test = token_windows(corpus.split("test"), context, pick(fast=32, full=512), batch_size=32)
+        return model, test, token_windows(corpus.split("train"), context, pick(fast=32, full=256), batch_size=32)
+    if name == "smollm2":
+        model, tokenizer = models.smollm2()
+        length = pick(fast=128, full=512)
+        test = smollm2_windows(tokenizer, "test", length, pick(fast=4, full=16), batch_size=4)
+        return model, test, smollm2_windows(tokenizer, "train", length, pick(fast=8, full=32), batch_size=4)
+    raise ValueError(f"name must be 'gpt-shakespeare' or 'smollm2', got {name!r}")
+
+
 def smollm2_windows(tokenizer, split: str, seq_len: int, n_windows: int, batch_size: int = 8) -> list[Batch]:
     """Shakespeare ``split`` in SmolLM2 tokens, cut into :func:`token_windows` (calibrate on train, test on test)."""
     from effdl.data import shakespeare

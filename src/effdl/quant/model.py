@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from effdl import data
+from effdl.config import pick
 from effdl.quant.core import qrange
 from effdl.quant.layers import ActQuantizer, QuantLayer, WeightQuantizer, fold_batchnorms
 from effdl.quant.pack import pack, packed_bytes, storage_bits
@@ -54,6 +55,15 @@ def _targets(model: nn.Module, config: QuantConfig) -> list[str]:
     if unknown:
         raise ValueError(f"only/skip name layers the model does not have: {sorted(unknown)}")
     return [n for n in names if n not in config.skip and (config.only is None or n in config.only)]
+
+
+def calibration_batches(images: int | None = None, batch_size: int = 256) -> list[torch.Tensor]:
+    """Unlabelled Fashion-MNIST images from the *train* split for calibration (section 3.1).
+
+    ``images`` defaults to 512 in fast mode and 2,048 in full mode; the test split is never used.
+    """
+    subset = data.fashion_mnist("train", limit=images or pick(fast=512, full=2048))
+    return [x for x, _ in data.loader(subset, batch_size, shuffle=True)]
 
 
 def quantize_model(model: nn.Module, config: QuantConfig, calibration: Iterable | None = None) -> nn.Module:
@@ -169,7 +179,7 @@ def finetune(model: nn.Module, epochs: int, lr: float = 0.01, train_limit: int |
 def int8_engine(model: nn.Module, calibration: Iterable, example: torch.Tensor, backend: str = "x86") -> nn.Module:
     """A truly int8 model for CPU: ``torch.ao`` FX graph-mode PTQ, per-channel weights, min-max activations.
 
-    The kernels are oneDNN / FBGEMM int8 convolutions and matmuls (section 3.7). This API
+    The kernels are oneDNN / FBGEMM int8 convolutions and matmuls (section 3.6). This API
     (``torch.ao.quantization.quantize_fx``) is deprecated in favour of PT2E export quantization
     in torchao, which reaches the same kernels through ``torch.compile``; it is the eager route.
     """
