@@ -13,7 +13,8 @@ def test_rows_with_targets_say_whether_they_were_met():
 
 
 def test_every_target_names_a_measured_row():
-    groups = {"machine", "smollm2-135m", "quant-resnet", "quant-gpt", "quant-smollm2", *headline.zoo.NAMES}
+    groups = {"machine", "smollm2-135m", "quant-resnet", "quant-gpt", "quant-smollm2", "prune-resnet", "prune-cnn",
+              "prune-gpt", "prune-smollm2", *headline.zoo.NAMES}  # fmt: skip
     assert {group for group, _ in headline.TARGETS} <= groups
 
 

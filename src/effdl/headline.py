@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from effdl import bench, data, train, zoo
+from effdl import bench, data, prune, train, zoo
 from effdl.config import mode, pick
 from effdl.models import smollm2
 from effdl.quant import QuantConfig, core, llm, quantize_model
@@ -51,8 +51,22 @@ TARGETS = {  # (comparison, bound) per (group, metric); issue 2's targets, full 
     ("quant-smollm2", "GPTQ minus RTN perplexity, int4-g128"): ("<", 0.0),
     ("quant-smollm2", "GPTQ minus RTN perplexity, int3-g128"): ("<", 0.0),
     ("quant-smollm2", "int8 weight-only decode speed-up"): (">=", 1.5),
+    # issue 4 (pruning)
+    ("prune-resnet", "iterative global sparsity"): (">=", 0.90),
+    ("prune-resnet", "iterative 90% accuracy drop"): ("<=", 1.0),
+    ("prune-resnet", "one-shot 90%: best of Taylor/OBD - magnitude"): (">=", 0.0),
+    ("prune-cnn", "ticket (20% weights) gap to dense"): ("<=", 0.5),
+    ("prune-cnn", "ticket minus random reinit"): (">", 0.0),
+    ("prune-resnet", "structured speed-up (batch 256)"): (">=", 1.8),
+    ("prune-resnet", "structured accuracy drop"): ("<=", 1.5),
+    ("prune-resnet", "ours minus Torch-Pruning accuracy"): (">=", -0.5),
+    ("prune-resnet", "Torch-Pruning MACs / ours"): ("<=", 1.0),
+    ("prune-gpt", "Wanda - magnitude perplexity, 50%"): ("<", 0.0),
+    ("prune-gpt", "Wanda - magnitude perplexity, 2:4"): ("<", 0.0),
+    ("prune-smollm2", "Wanda - magnitude perplexity, 50%"): ("<", 0.0),
+    ("prune-smollm2", "Wanda - magnitude perplexity, 2:4"): ("<", 0.0),
 }
-_OPS = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
+_OPS = {">=": operator.ge, "<=": operator.le, "<": operator.lt, ">": operator.gt}
 
 
 @dataclass(frozen=True)
@@ -145,7 +159,7 @@ def quant_cnn_rows() -> list[Row]:
                           ("ternary", QuantConfig(weight_format="ternary", act_bits=None)),
                           ("binary", QuantConfig(weight_format="binary", act_bits=None))]:  # fmt: skip
         quantized = quantize_model(resnet, config, calibration)
-        qmodel.finetune(quantized, pick(fast=1, full=2), lr=0.01, train_limit=pick(fast=2000, full=20000))
+        train.finetune(quantized, pick(fast=1, full=2), lr=0.01, train_limit=pick(fast=2000, full=20000))
         accuracy = _accuracy(quantized, test)
         rows.append(_row(group, "W4A8 QAT (2 epochs) gap to fp32", fp32 - accuracy, "pt") if label == "W4A8"
                     else _row(group, f"{label} QAT (2 epochs) accuracy", accuracy, "%"))  # fmt: skip
@@ -193,6 +207,58 @@ def quant_decode_rows() -> list[Row]:
             for label, m in variants.items()]  # fmt: skip
 
 
+def prune_unstructured_rows() -> list[Row]:
+    """Chapter 5's targets: iterative pruning to 90 %, Taylor/OBD against magnitude, the lottery ticket."""
+    group, resnet = "prune-resnet", zoo.pretrained("resnet-fmnist").model.eval().cpu()
+    dense = 100 * prune.experiments.accuracy(resnet)
+    iterative = prune.experiments.iterative_vs_oneshot(resnet, final=0.9)["iterative"]
+    batches = prune.experiments.score_batches()
+    oneshot = {method: 100 * prune.experiments.accuracy(prune.experiments.prune_oneshot(
+        resnet, prune.experiments.scores_for(resnet, method, batches), 0.9, bn_batches=batches))
+        for method in ("magnitude", "taylor", "obd")}  # fmt: skip
+    ticket = prune.experiments.lottery_ticket("cnn-fmnist", 0.8, epochs=pick(fast=1, full=4))
+    return [
+        _row(group, "dense test accuracy", dense, "%"),
+        _row(group, "iterative global sparsity", prune.masks.sparsity(iterative), "fraction"),
+        _row(group, "iterative 90% accuracy drop", dense - 100 * prune.experiments.accuracy(iterative), "pt"),
+        *[_row(group, f"one-shot 90% {method} accuracy", acc, "%") for method, acc in oneshot.items()],
+        _row(group, "one-shot 90%: best of Taylor/OBD - magnitude",
+             max(oneshot["taylor"], oneshot["obd"]) - oneshot["magnitude"], "pt"),
+        _row("prune-cnn", "ticket (20% weights) gap to dense", 100 * (ticket["dense"] - ticket["ticket"]), "pt"),
+        _row("prune-cnn", "ticket minus random reinit", 100 * (ticket["ticket"] - ticket["random reinit"]), "pt"),
+    ]  # fmt: skip
+
+
+def prune_structured_rows() -> list[Row]:
+    """Chapter 6's targets: channel pruning's speed and accuracy, against Torch-Pruning at equal MACs."""
+    group, resnet = "prune-resnet", zoo.pretrained("resnet-fmnist").model.eval().cpu()
+    ours, theirs = prune.experiments.channel_pruned(resnet), prune.experiments.torch_pruning_pruned(resnet)
+    one, batch = zoo.example_input("resnet-fmnist"), zoo.example_input("resnet-fmnist", BATCH_THROUGHPUT)
+    dense, ours_acc = prune.experiments.accuracy(resnet), prune.experiments.accuracy(ours)
+
+    def speedup(x: torch.Tensor) -> float:
+        return bench.latency(resnet, x).median / bench.latency(ours, x).median
+
+    return [
+        _row(group, "structured MACs / dense", bench.flops(ours, one) / bench.flops(resnet, one), "ratio"),
+        _row(group, "structured speed-up (batch 256)", speedup(batch), "x"),
+        _row(group, "structured speed-up (batch 1)", speedup(one), "x"),
+        _row(group, "structured accuracy drop", 100 * (dense - ours_acc), "pt"),
+        _row(group, "ours minus Torch-Pruning accuracy", 100 * (ours_acc - prune.experiments.accuracy(theirs)), "pt"),
+        _row(group, "Torch-Pruning MACs / ours", bench.flops(theirs, one) / bench.flops(ours, one), "ratio"),
+    ]  # fmt: skip
+
+
+def prune_llm_rows(group: str, name: str) -> list[Row]:
+    """Chapter 6's LLM targets: Wanda against magnitude at 50 % and 2:4, held-out perplexity."""
+    result = prune.experiments.llm_pruning(name)
+    rows = [_row(group, f"{label} perplexity", ppl, "ppl") for label, ppl in result.items()]
+    for pattern in ("50%", "2:4"):
+        gap = result[f"wanda {pattern}"] - result[f"magnitude {pattern}"]
+        rows.append(_row(group, f"Wanda - magnitude perplexity, {pattern}", gap, "ppl"))
+    return rows
+
+
 def format_table(rows: list[Row]) -> str:
     lines = [f"{'group':<16} {'metric':<38} {'value':>14} {'unit':<10} {'target':<9} met"]
     for r in rows:
@@ -201,16 +267,23 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+SECTIONS = {  # one per issue: `python -m effdl.headline --only prune` reruns one part of the table
+    "foundation": lambda: machine_rows() + [r for name in zoo.NAMES for r in baseline_rows(name)] + smollm2_rows(),
+    "quant": lambda: quant_cnn_rows() + quant_llm_rows("quant-gpt", "gpt-shakespeare")
+    + quant_llm_rows("quant-smollm2", "smollm2") + quant_decode_rows(),
+    "prune": lambda: prune_unstructured_rows() + prune_structured_rows()
+    + prune_llm_rows("prune-gpt", "gpt-shakespeare") + prune_llm_rows("prune-smollm2", "smollm2"),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("results/bench.json"))
+    parser.add_argument("--only", choices=tuple(SECTIONS), nargs="+", help="run only these sections")
     args = parser.parse_args()
-    rows = machine_rows()
-    for name in zoo.NAMES:
-        rows += baseline_rows(name)
-    rows += smollm2_rows()
-    rows += quant_cnn_rows() + quant_llm_rows("quant-gpt", "gpt-shakespeare")
-    rows += quant_llm_rows("quant-smollm2", "smollm2") + quant_decode_rows()
+    rows = []
+    for section in args.only or SECTIONS:
+        rows += SECTIONS[section]()
     print(f"Efficient Models headline table ({mode()} mode, {torch.get_num_threads()} threads)")
     print(format_table(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ share :func:`token_cross_entropy`. Schedulers are stepped once per batch.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from effdl import data
 from effdl.config import device as default_device
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -120,3 +122,19 @@ def fit(
             history.val_accuracy.append(metrics["accuracy"])
     history.seconds = time.perf_counter() - start
     return history
+
+
+def finetune(model: nn.Module, epochs: int, lr: float = 0.01, train_limit: int | None = None,
+             grad_clip: float | None = 1.0, progress: bool = False) -> nn.Module:  # fmt: skip
+    """Fine-tune an image classifier on the Fashion-MNIST train split: SGD with Nesterov momentum, cosine
+    decay, flips; used after quantization (section 3.5) and after pruning (sections 5.3, 6.2).
+
+    Gradients are clipped: a network whose BatchNorms were folded away (Chapter 3) diverges easily.
+    """
+    loader = data.loader(data.fashion_mnist("train", limit=train_limit), 128, shuffle=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(loader))
+    fit(model, loader, epochs=epochs, optimizer=opt, scheduler=sched,
+        augment=functools.partial(data.augment_fmnist, shift=0), grad_clip=grad_clip, progress=progress)  # fmt: skip
+    return model.eval()

@@ -113,7 +113,8 @@ class Baseline:
     metrics: dict[str, float]
 
 
-def _train_fmnist(model: nn.Module, cfg: dict[str, Any]) -> dict[str, float]:
+def train_fmnist(model: nn.Module, cfg: dict[str, Any]) -> dict[str, float]:
+    """Train an image classifier with a recipe's ``train`` settings (also used by Chapter 5's lottery ticket)."""
     train_set = data.fashion_mnist("train", limit=cfg["train_limit"])
     train_loader = data.loader(train_set, cfg["batch_size"], shuffle=True, seed=cfg["seed"])
     val_loader = data.loader(data.fashion_mnist("val"), 1000)
@@ -175,7 +176,7 @@ def pretrained(name: str, *, retrain: bool = False, **overrides: Any) -> Baselin
         load_model(model, weights, device="cpu")
         metrics = json.loads(card.read_text())["metrics"]
     else:
-        trainer = _train_fmnist if rec.task == "fmnist" else _train_shakespeare
+        trainer = train_fmnist if rec.task == "fmnist" else _train_shakespeare
         metrics = trainer(model, rec.train)
         model.to("cpu", memory_format=torch.contiguous_format)
         metrics["device"] = str(device())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ from effdl.config import pick
 from effdl.quant.core import qrange
 from effdl.quant.layers import ActQuantizer, QuantLayer, WeightQuantizer, fold_batchnorms
 from effdl.quant.pack import pack, packed_bytes, storage_bits
-from effdl.train import fit
 
 
 @dataclass(frozen=True)
@@ -159,21 +157,6 @@ def save_quantized(model: nn.Module, path: str | Path) -> int:
 def expected_weight_bytes(model: nn.Module) -> int:
     """Packed weight bytes from the bit widths alone, without scales: the ideal a file can approach."""
     return sum(packed_bytes(m.layer.weight.numel(), m.weight_quant.storage_bits) for m in quant_layers(model).values())
-
-
-def finetune(model: nn.Module, epochs: int, lr: float = 0.01, train_limit: int | None = None,
-             grad_clip: float | None = 1.0, progress: bool = False) -> nn.Module:  # fmt: skip
-    """Quantization-aware fine-tuning on the Fashion-MNIST train split (SGD + cosine, section 3.5).
-
-    Gradients are clipped: without BatchNorm (folded away) low-bit networks diverge easily.
-    """
-    loader = data.loader(data.fashion_mnist("train", limit=train_limit), 128, shuffle=True)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(loader))
-    fit(model, loader, epochs=epochs, optimizer=opt, scheduler=sched,
-        augment=functools.partial(data.augment_fmnist, shift=0), grad_clip=grad_clip, progress=progress)  # fmt: skip
-    return model.eval()
 
 
 def int8_engine(model: nn.Module, calibration: Iterable, example: torch.Tensor, backend: str = "x86") -> nn.Module:

@@ -1,0 +1,17 @@
+"""``effdl.prune``: removing weights, from saliency scores to real speed-ups (Chapters 5 and 6).
+
+- :mod:`~effdl.prune.masks`: magnitude, random, Taylor and OBD scores; layer-wise, global, per-row
+  and N:M masks; masks kept during fine-tuning; measured sparsity; schedules (Chapter 5)
+- :mod:`~effdl.prune.storage`: bytes of dense, bitmask and CSR storage; sparse vs dense matmul
+- :mod:`~effdl.prune.structured`: channel groups, channel/filter and residual-block removal, Torch-Pruning (Chapter 6)
+- :mod:`~effdl.prune.llm`: magnitude and Wanda pruning of LLM linear layers, 50 % and 2:4
+- :mod:`~effdl.prune.experiments`: the chapters' experiments (one-shot, iterative, sensitivity, lottery ticket)
+"""
+
+from effdl.prune import experiments, llm, masks, storage, structured
+from effdl.prune.masks import MaskKeeper, apply_masks_, global_masks, layer_masks, nm_masks, sparsity
+
+__all__ = [
+    "MaskKeeper", "apply_masks_", "experiments", "global_masks", "layer_masks", "llm", "masks", "nm_masks",
+    "sparsity", "storage", "structured",
+]  # fmt: skip

@@ -1,0 +1,203 @@
+"""effdl.prune.structured, llm and experiments: channel groups, block dropping, Torch-Pruning, Wanda, tickets."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from effdl import bench, zoo
+from effdl.models import ResNet
+from effdl.prune import experiments as ex
+from effdl.prune import llm as pl
+from effdl.prune import masks as pm
+from effdl.prune import structured as st
+from effdl.quant.llm import input_stats
+
+
+def trained_like_resnet(blocks=(2, 1, 1)) -> ResNet:
+    """A ResNet with random BN statistics, so pruning equivalences are not trivially true."""
+    model = ResNet((8, 16, 16), blocks)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2)
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+    return model.eval()
+
+
+def silence_channels(model: ResNet, groups: list[st.ChannelGroup], drop: list[torch.Tensor]) -> None:
+    """Zero the BN scale and shift of the dropped channels: their outputs become exactly 0."""
+    with torch.no_grad():
+        for group, index in zip(groups, drop, strict=True):
+            for module in group.producers:
+                if isinstance(module, nn.BatchNorm2d):
+                    module.weight[index] = 0
+                    module.bias[index] = 0
+
+
+def test_groups_tie_residual_channels_together():
+    groups = {g.name: g for g in st.resnet_groups(trained_like_resnet())}
+    stem = groups["stem"]  # identity shortcuts in stage 0: the stem and both blocks' outputs share channels
+    assert len(stem.producers) == 6 and len(stem.consumers) == 4  # two blocks, then conv1 + shortcut
+    assert set(groups) == {"stem", "stages.0.0.inner", "stages.0.1.inner", "stages.1.0.inner", "stages.1.0",
+                           "stages.2.0.inner", "stages.2.0"}  # fmt: skip
+
+
+def test_removing_channels_equals_silencing_them():
+    model = trained_like_resnet()
+    x = torch.randn(4, 1, 28, 28)
+    groups = st.resnet_groups(model)
+    keep = [torch.randperm(g.size)[: g.size // 2] for g in groups]
+    drop = [torch.tensor(sorted(set(range(g.size)) - set(k.tolist()))) for g, k in zip(groups, keep, strict=True)]
+    silenced = copy.deepcopy(model)
+    silence_channels(silenced, st.resnet_groups(silenced), drop)
+    for group, index in zip(groups, keep, strict=True):
+        st.keep_channels_(group, index)
+    assert torch.allclose(model(x), silenced(x), atol=1e-5)
+    assert bench.param_count(model) < bench.param_count(silenced) / 2
+
+
+def test_prune_channels_rounds_and_reduces_macs():
+    model = trained_like_resnet()
+    example = torch.randn(1, 1, 28, 28)
+    before = bench.flops(model, example)
+    st.prune_channels_(model, 0.5, "l2", round_to=4)
+    assert all(g.size % 4 == 0 for g in st.resnet_groups(model))
+    assert model(example).shape == (1, 10)
+    assert bench.flops(model, example) < 0.4 * before
+
+
+@pytest.mark.parametrize("criterion", st.CRITERIA)
+def test_every_criterion_scores_every_channel(criterion):
+    model = trained_like_resnet()
+    data = [(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,)))]
+    scores = st.channel_scores(model, criterion, data)
+    assert [len(s) for s in scores] == [g.size for g in st.resnet_groups(model)]
+    assert all((s >= 0).all() and s.sum() > 0 for s in scores)
+
+
+def test_bn_criterion_keeps_the_largest_scales():
+    model = trained_like_resnet()
+    inner = model.stages[0][0].bn1
+    gammas = inner.weight.detach().abs().clone()
+    st.prune_channels_(model, 0.5, "bn")
+    assert torch.equal(model.stages[0][0].bn1.weight.detach().abs().sort().values, gammas.sort().values[4:])
+
+
+def test_drop_block_keeps_shapes_valid():
+    model = trained_like_resnet()
+    x = torch.randn(2, 1, 28, 28)
+    st.drop_block_(model, "stages.0.1")  # identity shortcut
+    st.drop_block_(model, "stages.1.0")  # projection shortcut
+    assert st.residual_blocks(model) == ["stages.0.0", "stages.2.0"]
+    assert isinstance(model.stages[0][1], nn.Identity)
+    assert model(x).shape == (2, 10)
+    st.prune_channels_(model, 0.5)  # channel groups still found after blocks are gone
+    assert model(x).shape == (2, 10)
+
+
+def test_bad_structured_arguments():
+    model = trained_like_resnet()
+    with pytest.raises(ValueError, match="criterion"):
+        st.channel_scores(model, "l3")
+    with pytest.raises(ValueError, match="batches"):
+        st.channel_scores(model, "taylor")
+    with pytest.raises(ValueError, match="ratio"):
+        st.prune_channels_(model, 1.0)
+    with pytest.raises(ValueError, match="name must be one of"):
+        st.drop_block_(model, "stem")
+    with pytest.raises(ValueError, match="ResNet"):
+        st.resnet_groups(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="index"):
+        st.keep_channels_(st.resnet_groups(model)[0], torch.tensor([99]))
+
+
+def test_torch_pruning_agrees_on_macs_at_the_same_ratio():
+    model = trained_like_resnet((1, 1, 1))
+    example = torch.randn(1, 1, 28, 28)
+    theirs = st.torch_pruning_channels(model, example, 0.5)
+    ours = st.prune_channels_(copy.deepcopy(model), 0.5)
+    assert bench.flops(theirs, example) == bench.flops(ours, example)
+    assert theirs(example).shape == (1, 10)
+
+
+# --- LLM pruning ----------------------------------------------------------------------------
+
+
+class TwoLinears(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up, self.down = nn.Linear(32, 64), nn.Linear(64, 32)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x)))
+
+
+def outlier_inputs(n: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    scale = torch.ones(32)
+    scale[:4] = 20  # a few large input channels, as in LLMs
+    return [(torch.randn(64, 32) * scale, torch.zeros(64)) for _ in range(n)]
+
+
+def test_wanda_scores_are_weight_times_input_norm():
+    model, data = TwoLinears(), outlier_inputs(2)
+    stats = input_stats(model, ["up"], data)
+    x = torch.cat([b[0] for b in data])
+    expected = model.up.weight.abs() * (x.pow(2).mean(0)).sqrt()
+    assert torch.allclose(pl.wanda_scores(model, stats)["up"], expected, rtol=1e-4)
+
+
+def test_wanda_keeps_the_output_closer_than_magnitude():
+    model, data = TwoLinears(), outlier_inputs()
+    x = torch.cat([b[0] for b in data])
+    dense = model(x)
+    errors = {}
+    for method in pl.METHODS:
+        for nm in (None, (2, 4)):
+            pruned = pl.prune_llm_(copy.deepcopy(model), method, 0.5, nm, data)
+            assert pm.sparsity(pm.masks_of(pruned)) == pytest.approx(0.5)
+            errors[method, nm] = (pruned(x) - dense).pow(2).mean().item()
+    assert errors["wanda", None] < errors["magnitude", None]
+    assert errors["wanda", (2, 4)] < errors["magnitude", (2, 4)]
+    with pytest.raises(ValueError, match="calibration"):
+        pl.llm_masks(model, "wanda")
+    with pytest.raises(ValueError, match="method"):
+        pl.llm_masks(model, "sparsegpt")
+
+
+# --- experiments on a real baseline (fast mode) -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cnn() -> nn.Module:
+    return zoo.pretrained("cnn-fmnist").model
+
+
+def test_every_oneshot_method_reaches_the_exact_sparsity(cnn):
+    data = ex.score_batches(256)
+    for method in ex.METHODS:
+        pruned = ex.prune_oneshot(cnn, ex.scores_for(cnn, method, data), 0.6, "layer")
+        assert all(s == pytest.approx(0.6, abs=0.01) for s in pm.layer_sparsity(pruned).values())
+    with pytest.raises(ValueError, match="scope"):
+        ex.prune_oneshot(cnn, pm.magnitude_scores(cnn), 0.5, "row")
+    with pytest.raises(ValueError, match="batches"):
+        ex.scores_for(cnn, "obd")
+
+
+def test_pruning_with_finetuning_beats_pruning_alone(cnn):
+    oneshot = ex.prune_oneshot(cnn, pm.magnitude_scores(cnn), 0.9)
+    tuned = ex.prune_finetune(copy.deepcopy(cnn), [0.7, 0.9], epochs=1, train_limit=2000)
+    assert pm.sparsity(tuned) == pytest.approx(0.9, abs=1e-4)
+    assert ex.accuracy(tuned, "val") > ex.accuracy(oneshot, "val") + 0.05
+
+
+def test_rewind_restores_survivors_to_their_initial_values():
+    model = nn.Linear(8, 4)
+    initial = copy.deepcopy(model.state_dict())
+    masks = pm.global_masks(pm.magnitude_scores(model), 0.5)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ex.rewind_(model, initial, masks)
+    assert torch.equal(model.weight, initial["weight"] * masks[""])
