@@ -37,6 +37,14 @@ def test_latency_and_throughput_of_a_model_with_known_speed():
     assert not model.training  # latency() times the model in eval mode
 
 
+def test_compare_latency_times_every_model_in_the_same_rounds():
+    times = bench.compare_latency({"fast": Sleeper(0.002), "slow": Sleeper(0.006)}, torch.zeros(4, 3),
+                                  rounds=2, min_run_time=0.05)  # fmt: skip
+    assert 2.5 < times["slow"] / times["fast"] < 3.5
+    with pytest.raises(ValueError, match="rounds"):
+        bench.compare_latency({"fast": Sleeper(0.002)}, torch.zeros(4, 3), rounds=0)
+
+
 def test_call_times_sees_each_call():
     calls = iter([0.0, 0.01, 0.0])
     times = bench.call_times(lambda: time.sleep(next(calls)), 3)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -104,6 +105,23 @@ def latency(model: nn.Module, example: torch.Tensor, *, min_run_time: float | No
             model(example)
 
     return time_fn(forward, min_run_time=min_run_time, warmup=warmup, device=dev)
+
+
+def compare_latency(models: dict[str, nn.Module], example: torch.Tensor, rounds: int = 3,
+                    **kwargs: Any) -> dict[str, float]:  # fmt: skip
+    """Median seconds per forward pass of each model, timed in ``rounds`` interleaved passes.
+
+    On a busy or small machine a model's latency drifts by tens of percent between moments (the
+    allocator, other processes, clocks); timing A, B, A, B, ... and taking each model's median
+    over the rounds lets a slow moment hit every model alike, so their ratio is trustworthy.
+    """
+    if rounds <= 0:
+        raise ValueError(f"rounds must be positive, got {rounds}")
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            times[name].append(latency(model, example, **kwargs).median)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def throughput(model: nn.Module, example: torch.Tensor, **kwargs: Any) -> float:
