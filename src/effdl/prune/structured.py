@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from effdl.models import BasicBlock, ResNet
+from effdl.train import evaluate
 
 CRITERIA = ("l1", "l2", "bn", "taylor")
 Producer = nn.Conv2d | nn.BatchNorm2d
@@ -197,8 +198,6 @@ def drop_block_(model: ResNet, name: str) -> ResNet:
 @torch.no_grad()
 def block_drop_losses(model: ResNet, batches: list) -> dict[str, float]:
     """Mean loss on ``batches`` with each residual block dropped alone: the block's importance."""
-    from effdl.train import evaluate
-
     return {name: evaluate(drop_block_(copy.deepcopy(model), name), batches)["loss"] for name in residual_blocks(model)}
 
 
