@@ -1,4 +1,4 @@
-"""Pruning LLM linear layers without retraining: magnitude against Wanda's |W|·‖X‖ (section 6.5)."""
+"""Pruning LLM linear layers without retraining: magnitude against Wanda's |W|·‖X‖ (section 6.6)."""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ Masks = dict[str, torch.Tensor]
 
 
 def check_sparsity(sparsity: float, name: str = "sparsity") -> None:
+    """Raise ``ValueError`` naming the argument unless ``0 <= sparsity < 1``."""
     if not 0 <= sparsity < 1:
         raise ValueError(f"{name} must be in [0, 1), got {sparsity}")
 
@@ -130,7 +131,7 @@ def global_masks(scores: Scores, sparsity: float) -> Masks:
 
 
 def row_masks(scores: Scores, sparsity: float) -> Masks:
-    """Remove ``sparsity`` of each output row (Wanda's comparison group, section 6.5)."""
+    """Remove ``sparsity`` of each output row (Wanda's comparison group, section 6.6)."""
     check_sparsity(sparsity)
     masks = {}
     for n, s in scores.items():
