@@ -163,9 +163,9 @@ def lottery_ticket(name: str, sparsity: float, epochs: int) -> dict[str, float]:
 # --- Chapter 6 -----------------------------------------------------------------------------------
 
 
-def finetune_structured(model: nn.Module, epochs: int | None = None) -> nn.Module:
+def finetune_structured(model: nn.Module) -> nn.Module:
     """Chapter 6's fine-tuning after pruning: 5 epochs at lr 0.02 (1 epoch on 2,000 images in fast mode)."""
-    return finetune(model, epochs or pick(fast=1, full=5), lr=0.02, train_limit=pick(fast=2000, full=None))
+    return finetune(model, pick(fast=1, full=5), lr=0.02, train_limit=pick(fast=2000, full=None))
 
 
 def channel_pruned(model: nn.Module, ratio: float = 0.5, criterion: str = "l1", round_to: int = 8,
