@@ -1,4 +1,4 @@
-"""effdl.prune.structured, llm and experiments: channel groups, block dropping, Torch-Pruning, Wanda, tickets."""
+"""effdl.prune.structured and llm: channel groups, block dropping, Torch-Pruning, Wanda."""
 
 import copy
 
@@ -6,13 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from effdl import bench, zoo
+from effdl import bench
+from effdl.lm import input_stats
 from effdl.models import ResNet
-from effdl.prune import experiments as ex
 from effdl.prune import llm as pl
 from effdl.prune import masks as pm
 from effdl.prune import structured as st
-from effdl.quant.llm import input_stats
 
 
 def trained_like_resnet(blocks=(2, 1, 1)) -> ResNet:
@@ -165,39 +164,3 @@ def test_wanda_keeps_the_output_closer_than_magnitude():
         pl.llm_masks(model, "wanda")
     with pytest.raises(ValueError, match="method"):
         pl.llm_masks(model, "sparsegpt")
-
-
-# --- experiments on a real baseline (fast mode) -----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def cnn() -> nn.Module:
-    return zoo.pretrained("cnn-fmnist").model
-
-
-def test_every_oneshot_method_reaches_the_exact_sparsity(cnn):
-    data = ex.score_batches(256)
-    for method in ex.METHODS:
-        pruned = ex.prune_oneshot(cnn, ex.scores_for(cnn, method, data), 0.6, "layer")
-        assert all(s == pytest.approx(0.6, abs=0.01) for s in pm.layer_sparsity(pruned).values())
-    with pytest.raises(ValueError, match="scope"):
-        ex.prune_oneshot(cnn, pm.magnitude_scores(cnn), 0.5, "row")
-    with pytest.raises(ValueError, match="batches"):
-        ex.scores_for(cnn, "obd")
-
-
-def test_pruning_with_finetuning_beats_pruning_alone(cnn):
-    oneshot = ex.prune_oneshot(cnn, pm.magnitude_scores(cnn), 0.9)
-    tuned = ex.prune_finetune(copy.deepcopy(cnn), [0.7, 0.9], epochs=1, train_limit=2000)
-    assert pm.sparsity(tuned) == pytest.approx(0.9, abs=1e-4)
-    assert ex.accuracy(tuned, "val") > ex.accuracy(oneshot, "val") + 0.05
-
-
-def test_rewind_restores_survivors_to_their_initial_values():
-    model = nn.Linear(8, 4)
-    initial = copy.deepcopy(model.state_dict())
-    masks = pm.global_masks(pm.magnitude_scores(model), 0.5)
-    with torch.no_grad():
-        model.weight.add_(1.0)
-    ex.rewind_(model, initial, masks)
-    assert torch.equal(model.weight, initial["weight"] * masks[""])

@@ -1,4 +1,4 @@
-"""effdl.quant.llm: perplexity, GPTQ against RTN, SmoothQuant's invariance, W8A8, int8 kernels."""
+"""effdl.lm and effdl.quant.llm: perplexity, GPTQ against RTN, SmoothQuant's invariance, W8A8, int8 kernels."""
 
 import copy
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from effdl import data
+from effdl import lm
 from effdl.models import GPT, GPTConfig
 from effdl.quant import llm
 from effdl.quant.core import fake_quantize
@@ -20,7 +20,7 @@ def _tiny_gpt() -> GPT:
 
 def _batches(n=4, t=32, vocab=40):
     ids = torch.randint(0, vocab, (n * t + 1,))
-    return llm.token_windows(ids, t, n, batch_size=2)
+    return lm.token_windows(ids, t, n, batch_size=2)
 
 
 def test_uniform_model_has_perplexity_of_vocabulary():
@@ -32,23 +32,23 @@ def test_uniform_model_has_perplexity_of_vocabulary():
         def forward(self, ids):
             return torch.zeros(*ids.shape, 50) + self.p
 
-    assert llm.perplexity(Uniform(), _batches(vocab=50)) == pytest.approx(50, rel=1e-5)
+    assert lm.perplexity(Uniform(), _batches(vocab=50)) == pytest.approx(50, rel=1e-5)
     with pytest.raises(ValueError, match="empty"):
-        llm.perplexity(Uniform(), [])
+        lm.perplexity(Uniform(), [])
 
 
 def test_token_windows_shift_targets_by_one():
     ids = torch.arange(100)
-    (x, y), *_ = llm.token_windows(ids, 10, 9, batch_size=4)
+    (x, y), *_ = lm.token_windows(ids, 10, 9, batch_size=4)
     assert x.shape == (4, 10) and torch.equal(y, x + 1) and x[1, 0] == 10
     with pytest.raises(ValueError, match="n_windows"):
-        llm.token_windows(ids, 10, 10)
+        lm.token_windows(ids, 10, 10)
 
 
 def test_input_stats_hessian_is_x_transpose_x_over_n():
     layer = nn.Sequential(nn.Linear(6, 3))
     x = torch.randn(5, 4, 6)
-    stats = llm.input_stats(layer, ["0"], [(x, None)])["0"]
+    stats = lm.input_stats(layer, ["0"], [(x, None)])["0"]
     flat = x.reshape(-1, 6)
     torch.testing.assert_close(stats.hessian, flat.T @ flat / 20)
     torch.testing.assert_close(stats.absmax, flat.abs().amax(0))
@@ -104,15 +104,15 @@ def test_quantize_weights_touches_block_linears_only():
     emb = model.tok_emb.weight.clone()
     llm.quantize_weights_(model, "rtn", 2)
     assert torch.equal(model.tok_emb.weight, emb)  # the tied embedding / head stays
-    assert all(m.weight.unique().numel() <= 4 * m.weight.shape[0] for m in llm.block_linears(model).values())
+    assert all(m.weight.unique().numel() <= 4 * m.weight.shape[0] for m in lm.block_linears(model).values())
 
 
 def test_weight_only_bytes_counts_packed_codes_and_group_scales():
     model = _tiny_gpt()
     fp32 = llm.weight_only_bytes(model, None)
     assert fp32 == sum(p.numel() * 4 for p in model.parameters())
-    linear_params = sum(m.weight.numel() for m in llm.block_linears(model).values())
-    rows = sum(m.weight.shape[0] for m in llm.block_linears(model).values())
+    linear_params = sum(m.weight.numel() for m in lm.block_linears(model).values())
+    rows = sum(m.weight.shape[0] for m in lm.block_linears(model).values())
     assert fp32 - llm.weight_only_bytes(model, 8) == linear_params * 3 - rows * 4
     int4_g16 = llm.weight_only_bytes(model, 4, 16)
     assert int4_g16 == fp32 - linear_params * 4 + linear_params // 2 + 4 * linear_params // 16
@@ -123,12 +123,12 @@ def test_smoothing_keeps_the_function_and_flattens_activations():
     with torch.no_grad():
         model.blocks[0].ln1.weight[3] = 30.0  # an outlier channel, as in real LLMs
     batches = _batches()
-    stats = llm.input_stats(model, llm.block_linears(model), batches)
+    stats = lm.input_stats(model, lm.block_linears(model), batches)
     x = batches[0][0]
     before = model(x)
     llm.smooth_(model, stats, alpha=0.5)
     torch.testing.assert_close(model(x), before, atol=1e-4, rtol=1e-4)
-    after = llm.input_stats(model, llm.block_linears(model), batches)["blocks.0.attn.qkv"].absmax
+    after = lm.input_stats(model, lm.block_linears(model), batches)["blocks.0.attn.qkv"].absmax
     ratio = lambda a: (a.max() / a.median()).item()  # noqa: E731
     assert ratio(after) < ratio(stats["blocks.0.attn.qkv"].absmax) / 3
     with pytest.raises(ValueError, match="alpha"):
@@ -144,9 +144,9 @@ def test_per_token_activation_quantization_survives_an_outlier_token():
 
 def test_w8a8_and_int8_kernels_stay_close_to_float():
     model, batches = _tiny_gpt(), _batches()
-    base = llm.perplexity(model, batches)
+    base = lm.perplexity(model, batches)
     for quantized in (llm.w8a8_(_tiny_gpt(), per_token=True), llm.int8_dynamic(model)):
-        assert llm.perplexity(quantized, batches) == pytest.approx(base, rel=0.01)
+        assert lm.perplexity(quantized, batches) == pytest.approx(base, rel=0.01)
     kernels = {type(m) for m in llm.int8_dynamic(model).modules()}
     assert torch.ao.nn.quantized.dynamic.Linear in kernels and nn.Linear not in kernels
     assert math.isfinite(base)
@@ -178,13 +178,3 @@ def test_weight_only_model_reads_fewer_bytes():
     x = _batches()[0][0]
     relative_error = lambda m: ((m(x) - model(x)).norm() / model(x).norm()).item()  # noqa: E731
     assert relative_error(int8) < 0.01 < relative_error(int4) < 0.1
-
-
-def test_shakespeare_suite_scores_test_text_and_calibrates_on_train():
-    model, test, calibration = llm.shakespeare_suite("gpt-shakespeare")
-    assert isinstance(model, GPT) and len(test) and len(calibration)
-    corpus = data.shakespeare()
-    assert torch.equal(test[0][0][0], corpus.split("test")[: model.cfg.context])
-    assert torch.equal(calibration[0][0][0], corpus.split("train")[: model.cfg.context])
-    with pytest.raises(ValueError, match="name"):
-        llm.shakespeare_suite("gpt2")

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from effdl import data, zoo
+from effdl.experiments._shared import calibration_images
 from effdl.quant import QuantConfig, calibrate, quantize_model
 from effdl.quant import layers as ql
 from effdl.quant import model as qm
@@ -74,7 +75,7 @@ def test_fold_batchnorms_removes_every_bn_of_a_resnet():
 def test_w8a8_model_stays_close_to_float_and_w4_costs_half():
     model = zoo.pretrained("cnn-fmnist").model.eval().cpu()
     x = data.fashion_mnist("test", limit=512).tensors[0]
-    w8a8 = quantize_model(model, QuantConfig(), qm.calibration_batches())
+    w8a8 = quantize_model(model, QuantConfig(), calibration_images())
     assert len(qm.quant_layers(w8a8)) == 3
     with torch.no_grad():
         ref, out = model(x), w8a8(x)
@@ -101,7 +102,7 @@ def test_quantize_model_arguments():
 
 def test_saved_file_holds_packed_codes(tmp_path):
     model = zoo.pretrained("cnn-fmnist").model.eval().cpu()
-    q = quantize_model(model, QuantConfig(weight_bits=4), qm.calibration_batches(256))
+    q = quantize_model(model, QuantConfig(weight_bits=4), calibration_images(256))
     size = qm.save_quantized(q, tmp_path / "q.safetensors")
     assert qm.expected_weight_bytes(q) < size < qm.expected_weight_bytes(q) * 1.25
     state = qm.quantized_state(q)
@@ -130,7 +131,7 @@ def test_qat_recovers_what_2bit_ptq_loses():
 
 def test_int8_engine_agrees_with_simulation():
     model = zoo.pretrained("cnn-fmnist").model.eval().cpu()
-    calib = qm.calibration_batches()
+    calib = calibration_images()
     engine = qm.int8_engine(model, calib, calib[0])
     simulated = quantize_model(model, QuantConfig(), calib)
     x = data.fashion_mnist("test", limit=1000).tensors[0]
@@ -139,12 +140,3 @@ def test_int8_engine_agrees_with_simulation():
     assert agree > 0.98
     with pytest.raises(ValueError, match="backend"):
         qm.int8_engine(model, calib, calib[0], backend="tpu")
-
-
-def test_calibration_batches_come_from_the_train_split():
-    batches = qm.calibration_batches(300, batch_size=128)
-    assert [len(b) for b in batches] == [128, 128, 44]
-    train_images = data.fashion_mnist("train", limit=300).tensors[0]
-    assert {tuple(x.flatten()[:50].tolist()) for x in torch.cat(batches)} == {
-        tuple(x.flatten()[:50].tolist()) for x in train_images
-    }

@@ -31,6 +31,9 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from effdl.config import pick  # noqa: E402
 
 
+MIN_BLOCKS = 5
+
+
 @dataclass(frozen=True)
 class Timing:
     """Seconds per call: median and interquartile range over repeated blocks, and every block."""
@@ -54,7 +57,9 @@ def time_fn(fn: Callable[[], Any], *, min_run_time: float | None = None, warmup:
             device: torch.device | str | None = None) -> Timing:  # fmt: skip
     """Time ``fn()`` with ``torch.utils.benchmark.Timer.blocked_autorange`` after ``warmup`` calls.
 
-    The Timer uses all of torch's threads (its default is one) and synchronizes CUDA itself.
+    The Timer uses all of torch's threads (its default is one) and synchronizes CUDA itself. When
+    its block-size estimate leaves fewer than ``MIN_BLOCKS`` blocks, the call is re-timed in
+    ``MIN_BLOCKS`` equal blocks, so the interquartile range always measures something.
     """
     min_run_time = pick(fast=0.1, full=1.0) if min_run_time is None else min_run_time
     if min_run_time <= 0 or warmup < 0:
@@ -64,6 +69,9 @@ def time_fn(fn: Callable[[], Any], *, min_run_time: float | None = None, warmup:
     _sync(device)
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     m = timer.blocked_autorange(min_run_time=min_run_time)
+    if len(m.times) < MIN_BLOCKS:  # a noisy overhead estimate made one huge block: no spread to report
+        calls = max(1, int(min_run_time / MIN_BLOCKS / m.median))
+        m = benchmark.Measurement.merge([timer.timeit(calls) for _ in range(MIN_BLOCKS)])[0]
     return Timing(median=m.median, iqr=m.iqr, times=tuple(m.times))
 
 

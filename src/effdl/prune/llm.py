@@ -7,8 +7,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from effdl.lm import InputStats, block_linears, input_stats
 from effdl.prune.masks import Masks, Scores, apply_masks_, layer_masks, nm_masks, row_masks
-from effdl.quant.llm import InputStats, block_linears, input_stats
 
 METHODS = ("magnitude", "wanda")
 

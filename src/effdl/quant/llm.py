@@ -9,104 +9,15 @@ for measuring quality) and bytes are counted for the packed format; for speed,
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from effdl.lm import Batch, InputStats, block_linears, input_stats, transformer_blocks
 from effdl.quant.core import fake_quantize, grouped, qparams, qrange, quantize
 from effdl.quant.pack import packed_bytes
-
-Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-def logits_of(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """Logits of the book's GPT (a tensor) or of a Hugging Face causal LM (``.logits``)."""
-    out = model(ids)
-    return out if isinstance(out, torch.Tensor) else out.logits
-
-
-@torch.no_grad()
-def perplexity(model: nn.Module, batches: Iterable[Batch]) -> float:
-    """``exp`` of the mean next-token cross-entropy over ``(inputs, targets)`` batches (section 4.1)."""
-    dev = next(model.parameters()).device
-    total, count = 0.0, 0
-    for x, y in batches:
-        logits = logits_of(model, x.to(dev)).float()
-        total += F.cross_entropy(logits.flatten(0, 1), y.to(dev).flatten(), reduction="sum").item()
-        count += y.numel()
-    if count == 0:
-        raise ValueError("batches must not be empty")
-    return math.exp(total / count)
-
-
-def token_windows(ids: torch.Tensor, seq_len: int, n_windows: int, batch_size: int = 8) -> list[Batch]:
-    """The first ``n_windows`` non-overlapping windows of a 1-D token stream, as LM batches."""
-    if seq_len <= 0 or n_windows <= 0 or batch_size <= 0:
-        raise ValueError(f"seq_len, n_windows, batch_size must be positive, got {seq_len}, {n_windows}, {batch_size}")
-    available = (ids.numel() - 1) // seq_len
-    if n_windows > available:
-        raise ValueError(f"n_windows must be <= {available} for {ids.numel()} tokens of windows {seq_len}")
-    starts = torch.arange(n_windows) * seq_len
-    windows = torch.stack([ids[s : s + seq_len + 1] for s in starts.tolist()])
-    return [(w[:, :-1], w[:, 1:]) for w in windows.split(batch_size)]
-
-
-def block_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """The ``nn.Linear`` layers inside the transformer blocks: everything but the embedding/output head."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and "lm_head" not in n}
-
-
-# --- statistics of the inputs each linear layer sees ------------------------------------------
-
-
-@dataclass
-class InputStats:
-    """What calibration learns about one layer's inputs: ``X^T X / n`` and the per-channel max |x|."""
-
-    hessian: torch.Tensor
-    absmax: torch.Tensor
-    rows: int = 0
-
-
-@torch.no_grad()
-def input_stats(model: nn.Module, names: Iterable[str], batches: Iterable, call: bool = False) -> dict[str, InputStats]:
-    """Run ``batches`` through ``model`` and accumulate :class:`InputStats` for the named linears.
-
-    Batches are ``(inputs, targets)`` pairs, or with ``call=True`` ``(args, kwargs)`` to call ``model`` with.
-    """
-    stats: dict[str, InputStats] = {}
-    hooks = []
-    layers = dict(model.named_modules())
-
-    def hook(name: str):
-        def record(module: nn.Module, args: tuple) -> None:
-            x = args[0].detach().flatten(0, -2).float()
-            s = stats.setdefault(name, InputStats(torch.zeros(x.shape[1], x.shape[1], device=x.device),
-                                                  torch.zeros(x.shape[1], device=x.device)))  # fmt: skip
-            s.hessian += x.T @ x
-            s.absmax = torch.maximum(s.absmax, x.abs().amax(0))
-            s.rows += x.shape[0]
-
-        return record
-
-    for name in names:
-        hooks.append(layers[name].register_forward_pre_hook(hook(name)))
-    dev = next(model.parameters()).device
-    try:
-        for first, second in batches:
-            model(*first, **second) if call else model(first.to(dev))
-    finally:
-        for h in hooks:
-            h.remove()
-    for s in stats.values():
-        s.hessian /= max(s.rows, 1)
-    return stats
-
 
 # --- weight-only quantization: round-to-nearest and GPTQ --------------------------------------
 
@@ -178,15 +89,6 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int
             errors[:, i : i + 1] = err
         w[:, end:] -= errors @ h_inv[start:end, end:]
     return out[:, torch.argsort(order)].to(weight.dtype)
-
-
-def transformer_blocks(model: nn.Module) -> nn.ModuleList | nn.Sequential:
-    """The stack of transformer blocks: ``model.blocks`` (the book's GPT) or ``model.model.layers`` (Llama)."""
-    if hasattr(model, "blocks"):
-        return model.blocks
-    if hasattr(model, "model") and hasattr(model.model, "layers"):
-        return model.model.layers
-    raise ValueError(f"model must be the book's GPT or a Llama-style model, got {type(model).__name__}")
 
 
 class _Captured(Exception):
@@ -353,36 +255,6 @@ def int8_dynamic(model: nn.Module) -> nn.Module:
         warnings.simplefilter("ignore")
         qconfig = {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
         return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).cpu(), qconfig, dtype=torch.qint8)
-
-
-def shakespeare_suite(name: str) -> tuple[nn.Module, list[Batch], list[Batch]]:
-    """``(model, held-out test windows, calibration windows)`` of Chapter 4 for ``gpt-shakespeare`` or ``smollm2``.
-
-    Test windows come from the test split, calibration windows from the train split (section 4.1).
-    """
-    from effdl import data, models, zoo
-    from effdl.config import pick
-
-    if name == "gpt-shakespeare":
-        model, corpus = zoo.pretrained(name).model.eval(), data.shakespeare()
-        context = model.cfg.context
-        test = token_windows(corpus.split("test"), context, pick(fast=32, full=512), batch_size=32)
-        return model, test, token_windows(corpus.split("train"), context, pick(fast=32, full=256), batch_size=32)
-    if name == "smollm2":
-        model, tokenizer = models.smollm2()
-        length = pick(fast=128, full=512)
-        test = smollm2_windows(tokenizer, "test", length, pick(fast=4, full=16), batch_size=4)
-        return model, test, smollm2_windows(tokenizer, "train", length, pick(fast=8, full=32), batch_size=4)
-    raise ValueError(f"name must be 'gpt-shakespeare' or 'smollm2', got {name!r}")
-
-
-def smollm2_windows(tokenizer, split: str, seq_len: int, n_windows: int, batch_size: int = 8) -> list[Batch]:
-    """Shakespeare ``split`` in SmolLM2 tokens, cut into :func:`token_windows` (calibrate on train, test on test)."""
-    from effdl.data import shakespeare
-
-    text = shakespeare().text(split)
-    ids = torch.tensor(tokenizer(text[: 6 * seq_len * (n_windows + 1)])["input_ids"])
-    return token_windows(ids, seq_len, n_windows, batch_size)
 
 
 def int4_compatible(linear: nn.Linear, group_size: int) -> bool:

@@ -12,8 +12,6 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from effdl import data
-from effdl.config import pick
 from effdl.quant.core import qrange
 from effdl.quant.layers import ActQuantizer, QuantLayer, WeightQuantizer, fold_batchnorms
 from effdl.quant.pack import pack, packed_bytes, storage_bits
@@ -53,15 +51,6 @@ def _targets(model: nn.Module, config: QuantConfig) -> list[str]:
     if unknown:
         raise ValueError(f"only/skip name layers the model does not have: {sorted(unknown)}")
     return [n for n in names if n not in config.skip and (config.only is None or n in config.only)]
-
-
-def calibration_batches(images: int | None = None, batch_size: int = 256) -> list[torch.Tensor]:
-    """Unlabelled Fashion-MNIST images from the *train* split for calibration (section 3.1).
-
-    ``images`` defaults to 512 in fast mode and 2,048 in full mode; the test split is never used.
-    """
-    subset = data.fashion_mnist("train", limit=images or pick(fast=512, full=2048))
-    return [x for x, _ in data.loader(subset, batch_size, shuffle=True)]
 
 
 def quantize_model(model: nn.Module, config: QuantConfig, calibration: Iterable | None = None) -> nn.Module:

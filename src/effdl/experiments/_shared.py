@@ -1,0 +1,61 @@
+"""Data and evaluation that several chapters share: Fashion-MNIST test/validation accuracy, calibration
+images, and the held-out Shakespeare windows every language-model chapter measures on."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from effdl import data, lm, models, train, zoo
+from effdl.config import pick
+
+LM_NAMES = ("gpt-shakespeare", "smollm2")
+
+
+@functools.cache
+def fmnist_batches(split: str = "test") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Fashion-MNIST ``split`` in batches of 1,000: all of it in full mode, the first 2,000 images in fast
+    mode. ``val`` is for choices, ``test`` for reporting only."""
+    return list(data.loader(data.fashion_mnist(split, limit=pick(fast=2000, full=None)), 1000))
+
+
+def fmnist_accuracy(model: nn.Module, split: str = "test") -> float:
+    """The book's accuracy (a fraction) of an image classifier on :func:`fmnist_batches` of ``split``."""
+    return train.accuracy(model, fmnist_batches(split))
+
+
+def fmnist_correct(model: nn.Module, split: str = "test") -> torch.Tensor:
+    """Per-image correctness on :func:`fmnist_batches` of ``split``, for McNemar's test."""
+    return train.correct(model, fmnist_batches(split))
+
+
+def calibration_images(images: int | None = None, batch_size: int = 256) -> list[torch.Tensor]:
+    """Unlabelled Fashion-MNIST images from the *train* split for calibration: 512 fast, 2,048 full.
+    The test split is never used to choose anything."""
+    subset = data.fashion_mnist("train", limit=images or pick(fast=512, full=2048))
+    return [x for x, _ in data.loader(subset, batch_size, shuffle=True)]
+
+
+def smollm2_windows(tokenizer, split: str, seq_len: int, n_windows: int, batch_size: int = 8) -> list[lm.Batch]:
+    """Shakespeare ``split`` in SmolLM2 tokens, cut into :func:`effdl.lm.token_windows`."""
+    text = data.shakespeare().text(split)
+    ids = torch.tensor(tokenizer(text[: 6 * seq_len * (n_windows + 1)])["input_ids"])
+    return lm.token_windows(ids, seq_len, n_windows, batch_size)
+
+
+def lm_suite(name: str) -> tuple[nn.Module, list[lm.Batch], list[lm.Batch]]:
+    """``(model, held-out test windows, calibration windows)`` for ``gpt-shakespeare`` or ``smollm2``:
+    test windows from the test split, calibration windows from the train split."""
+    if name == "gpt-shakespeare":
+        model, corpus = zoo.pretrained(name).model.eval(), data.shakespeare()
+        context = model.cfg.context
+        test = lm.token_windows(corpus.split("test"), context, pick(fast=32, full=512), batch_size=32)
+        return model, test, lm.token_windows(corpus.split("train"), context, pick(fast=32, full=256), batch_size=32)
+    if name == "smollm2":
+        model, tokenizer = models.smollm2()
+        length = pick(fast=128, full=512)
+        test = smollm2_windows(tokenizer, "test", length, pick(fast=4, full=16), batch_size=4)
+        return model, test, smollm2_windows(tokenizer, "train", length, pick(fast=8, full=32), batch_size=4)
+    raise ValueError(f"name must be one of {LM_NAMES}, got {name!r}")
