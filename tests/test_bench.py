@@ -68,6 +68,16 @@ def test_size_bytes_counts_storage_dtype_and_shared_weights(tmp_path):
         bench.size_bytes(tmp_path / "missing.bin")
 
 
+def test_parameter_bytes_leaves_buffers_out():
+    bn = nn.BatchNorm1d(10)  # parameters: weight and bias; buffers: running statistics and a counter
+    assert bench.parameter_bytes(bn) == 2 * 10 * 4 == bench.size_bytes(bn) - (2 * 10 * 4 + 8)
+    assert bench.parameter_bytes(bn.to(torch.bfloat16)) == 2 * 10 * 2
+    tied = models.GPT(models.GPTConfig(vocab_size=50, context=8, n_layer=1, n_head=1, n_embd=16))
+    assert bench.parameter_bytes(tied) == 4 * bench.param_count(tied)  # the tied embedding counts once
+    with pytest.raises(ValueError, match="model"):
+        bench.parameter_bytes("weights.safetensors")
+
+
 def test_flops_match_the_formula_for_linear_and_conv():
     assert bench.flops(nn.Linear(64, 32, bias=False), torch.randn(5, 64)) == 2 * 5 * 64 * 32
     conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)

@@ -47,6 +47,15 @@ def test_global_masks_break_ties_to_the_exact_count():
     assert sum(int(m.sum()) for m in pm.global_masks(scores, 0.5).values()) == 8
 
 
+def test_global_masks_work_on_channels_last_weights_with_ties():
+    conv = nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        conv.weight.fill_(0.5)  # every weight ties
+    masks = pm.global_masks(pm.magnitude_scores(conv), 0.5)
+    assert pm.sparsity(masks) == pytest.approx(0.5)
+    assert pm.sparsity(pm.apply_masks_(conv, masks)) == pytest.approx(0.5)
+
+
 def test_row_masks_prune_each_row_equally():
     mask = pm.row_masks({"w": torch.randn(5, 40)}, 0.25)["w"]
     assert torch.equal(mask.sum(1), torch.full((5,), 30.0))
@@ -149,6 +158,7 @@ def test_storage_bytes_are_counted_from_the_tensors():
 def test_sparse_matmul_matches_dense_and_its_time_follows_the_nonzeros():
     w, x = storage.random_sparse(512, 512, 0.01), torch.randn(512, 32)
     assert torch.allclose(torch.sparse.mm(storage.csr(w), x), w @ x, atol=1e-5)
+    assert torch.allclose(storage.MatMul(storage.csr(w))(x), storage.MatMul(w)(x), atol=1e-5)
     _, sparse_few = storage.sparse_vs_dense(w, x)
     _, sparse_many = storage.sparse_vs_dense(storage.random_sparse(512, 512, 0.5), x)
     assert sparse_many > 3 * sparse_few  # 50x the non-zeros: the timing measures the sparse kernel

@@ -164,3 +164,83 @@ def test_wanda_keeps_the_output_closer_than_magnitude():
         pl.llm_masks(model, "wanda")
     with pytest.raises(ValueError, match="method"):
         pl.llm_masks(model, "sparsegpt")
+
+
+# --- the chapter's experiments module (effdl.experiments.prune_structured) ---------------------
+
+
+def test_removed_vs_silenced_holds_on_a_resnet_with_random_statistics():
+    from effdl import claims
+    from effdl.experiments import prune_structured as ex
+
+    model = trained_like_resnet()
+    result = ex.removed_vs_silenced(model)
+    assert result["max_difference"] <= 1e-5 and result["params_after"] < result["params_before"] / 2
+    ex.check_removed_vs_silenced(result)
+    with pytest.raises(claims.ClaimFailed):  # a bookkeeping error (outputs differ) fails the claim
+        ex.check_removed_vs_silenced(result | {"max_difference": 0.1})
+
+
+def test_window_losses_give_the_perplexity_and_a_paired_verdict():
+    from effdl import lm
+    from effdl.experiments import prune_structured as ex
+    from effdl.models import GPT, GPTConfig
+
+    model = GPT(GPTConfig(vocab_size=16, context=8, n_layer=1, n_head=2, n_embd=16)).eval()
+    windows = lm.token_windows(torch.randint(0, 16, (200,)), 8, 12, batch_size=5)
+    losses = ex.window_losses(model, windows)
+    assert losses.shape == (12,)
+    assert torch.exp(losses.mean()).item() == pytest.approx(lm.perplexity(model, windows), rel=1e-6)
+    base = torch.linspace(1.0, 2.0, 12, dtype=torch.float64)
+    wobble = 0.01 * torch.tensor([1.0, -1.0] * 6, dtype=torch.float64)
+    result = ex.LLMPruning("toy", {"dense": base, "magnitude 50%": base + 0.5, "wanda 50%": base + 0.1 + wobble,
+                                   "magnitude 2:4": base + 0.5, "wanda 2:4": base + 0.5 + wobble})  # fmt: skip
+    assert result.perplexity["dense"] == pytest.approx(float(torch.exp(base.mean())))
+    assert result.wanda_vs_magnitude("50%").value == pytest.approx(-0.4)
+    assert result.wanda_vs_magnitude("50%").verdict("worse", "better") == "better"
+    assert result.wanda_vs_magnitude("2:4").verdict("worse", "better") == "no measurable difference"
+
+
+def test_llm_claims_fail_when_wanda_does_not_beat_magnitude():
+    from effdl import claims
+    from effdl.experiments import prune_structured as ex
+
+    def fake(gap: float) -> ex.LLMPruning:
+        loss = torch.full((4,), 3.0, dtype=torch.float64)
+        return ex.LLMPruning("toy", {"dense": loss, **{f"{m} {p}": loss + (gap if m == "magnitude" else 0)
+                                                        for m in pl.METHODS for p in ex.PATTERNS}})  # fmt: skip
+
+    ex.check_llm({"gpt-shakespeare": fake(0.1), "smollm2": fake(2.0)})  # magnitude e^2 = 7.4x worse: holds
+    with pytest.raises(claims.ClaimFailed, match="smollm2"):
+        ex.check_llm({"gpt-shakespeare": fake(0.1), "smollm2": fake(0.0)})
+
+
+def test_headline_claims_fail_without_a_speed_up():
+    from effdl import claims
+    from effdl.experiments import prune_structured as ex
+
+    correct = torch.ones(100, dtype=torch.bool)
+    good = ex.Headline({n: nn.Identity() for n in ("dense", "ours", "Torch-Pruning")}, dict.fromkeys(("dense", "ours",
+                       "Torch-Pruning"), correct), {"dense": 4.0, "ours": 1.0, "Torch-Pruning": 1.0},
+                       dict.fromkeys(("dense", "ours", "Torch-Pruning"), 1),
+                       {1: {"dense": 2.0, "ours": 1.0, "Torch-Pruning": 1.0},
+                        256: {"dense": 2.0, "ours": 1.0, "Torch-Pruning": 1.0}})  # fmt: skip
+    ex.check_headline(good)
+    assert good.speedup("ours", 256) == 2.0 and good.table()["dense"]["ms @256"] == 2000.0
+    slow = copy.deepcopy(good)
+    slow.latency[256]["ours"] = 2.0
+    with pytest.raises(claims.ClaimFailed, match="speed-up"):
+        ex.check_headline(slow)
+
+
+def test_latency_ratio_and_the_parameter_count_claim():
+    from effdl import claims
+    from effdl.experiments import prune_structured as ex
+
+    times = {"dense": [1.0, 1.1, 0.9, 1.0], "same": [1.01, 1.09, 0.91, 0.99], "fast": [0.25, 0.27, 0.23, 0.25]}
+    assert ex.latency_ratio(times, "same").verdict("slower", "faster") == "no measurable difference"
+    assert ex.latency_ratio(times, "fast").verdict("slower", "faster") == "faster"
+    rows = {"dense": {"times": times["dense"]}, "90% unstructured": {"times": times["same"]}}
+    assert abs(ex.check_parameter_count(rows).value) < 0.05
+    with pytest.raises(claims.ClaimFailed):  # a kernel that skipped the zeros would break the pitfall's claim
+        ex.check_parameter_count({"dense": rows["dense"], "90% unstructured": {"times": times["fast"]}})

@@ -158,3 +158,50 @@ def test_pack_rejects_values_out_of_range():
     with pytest.raises(ValueError, match="bits"):
         pack.pack(torch.tensor([1]), 3)
     assert pack.packed_bytes(10, 3) == 5  # 3-bit codes take 4-bit slots
+
+
+# --- the chapter's claims (effdl.experiments.quant_basics) on synthetic tensors: they hold where the
+# technique works and fail where it is broken, so a claim in the notebook can fail
+
+
+@pytest.fixture
+def _claims():
+    from effdl import claims
+
+    claims.clear()
+    yield claims
+    claims.clear()
+
+
+def test_noise_model_claims_hold_on_laplace_weights_and_fail_on_a_wrong_slope(fast_mode, _claims):
+    from effdl.experiments import quant_basics as ex
+
+    fit = ex.noise_model(torch.distributions.Laplace(0.0, 0.05).sample((100_000,)))
+    ex.check_noise_model({"laplace": fit})
+    assert fit.slope() == pytest.approx(ex.ONE_BIT_DB, abs=0.15) and fit.max_gap() < 0.5
+    half_bits = ex.NoiseFit(fit.bits, fit.predicted, [m / 2 for m in fit.measured])  # 3 dB per bit
+    with pytest.raises(_claims.ClaimFailed, match="dB per extra bit"):
+        ex.check_noise_model({"broken": half_bits})
+
+
+def test_rounding_granularity_observer_and_packing_claims_can_fail(fast_mode, _claims):
+    from effdl.experiments import quant_basics as ex
+
+    ex.check_rounding(ex.rounding_bias())
+    with pytest.raises(_claims.ClaimFailed, match="stochastic"):
+        ex.check_rounding({"stochastic": {"mean": 0.0}, "nearest": {"mean": 0.0}})
+    uneven = torch.randn(64, 256) * torch.logspace(-1, 0, 64)[:, None]  # channels' ranges differ tenfold
+    ex.check_granularity({"uneven": ex.granularity(uneven)})
+    base = torch.randn(256)
+    same_range = torch.stack([base[torch.randperm(256)] for _ in range(64)])  # every channel: the same values
+    with pytest.raises(_claims.ClaimFailed, match="per-channel"):
+        ex.check_granularity({"same range": ex.granularity(same_range)})
+    tail = torch.distributions.Exponential(1.0).sample((200_000,)) ** 2  # one-sided, long-tailed
+    sweep = ex.observer_sweep(tail, names=("minmax", "mse"), bits=(4,))
+    ex.check_observers(sweep)
+    with pytest.raises(_claims.ClaimFailed, match="MSE"):
+        ex.check_observers({"mse": sweep["minmax"], "minmax": sweep["minmax"]})
+    sizes = ex.packing(uneven)
+    ex.check_packing(sizes)
+    with pytest.raises(_claims.ClaimFailed, match="packed"):
+        ex.check_packing(sizes | {"packed": sizes["int8"]})

@@ -178,3 +178,48 @@ def test_weight_only_model_reads_fewer_bytes():
     x = _batches()[0][0]
     relative_error = lambda m: ((m(x) - model(x)).norm() / model(x).norm()).item()  # noqa: E731
     assert relative_error(int8) < 0.01 < relative_error(int4) < 0.1
+
+
+def test_gptq_on_stacked_layers_equals_gptq_on_each():
+    torch.manual_seed(0)
+    x = torch.randn(512, 32) @ torch.randn(32, 32)
+    h = x.T @ x / len(x)
+    a, b = torch.randn(8, 32), torch.randn(16, 32)
+    stacked = llm.gptq(torch.cat([a, b]), h, 3, 16, act_order=True)
+    torch.testing.assert_close(stacked, torch.cat([llm.gptq(a, h, 3, 16, act_order=True),
+                                                   llm.gptq(b, h, 3, 16, act_order=True)]))  # fmt: skip
+
+
+def test_quantize_weights_can_stop_after_the_first_blocks():
+    model, batches = _tiny_gpt(), _batches()
+    for method in ("rtn", "gptq"):
+        quantized = llm.quantize_weights_(copy.deepcopy(model), method, 3, 16, calibration=batches, blocks=1)
+        assert not torch.equal(quantized.blocks[0].mlp[0].weight, model.blocks[0].mlp[0].weight)
+        assert torch.equal(quantized.blocks[1].mlp[0].weight, model.blocks[1].mlp[0].weight)
+    with pytest.raises(ValueError, match="blocks"):
+        llm.quantize_weights_(_tiny_gpt(), "rtn", 4, blocks=0)
+
+
+def test_first_windows_keeps_the_first_ones_in_batches_of_the_same_size():
+    from effdl.experiments import quant_llm as ex
+
+    batches = _batches(n=5)  # batch size 2: 2, 2, 1 windows
+    first = ex.first_windows(batches, 3)
+    assert [len(x) for x, _ in first] == [2, 1]
+    torch.testing.assert_close(torch.cat([y for _, y in first]), torch.cat([y for _, y in batches])[:3])
+    assert ex.first_windows(batches, None) is batches
+    with pytest.raises(ValueError, match="rounds"):
+        ex.compare_decode({}, torch.zeros(1, 2, dtype=torch.long), rounds=0)
+
+
+def test_shipped_grid_recognises_q4_1_groups_and_our_grid_moves_them():
+    from effdl.experiments import quant_llm as ex
+
+    torch.manual_seed(0)
+    levels = torch.randint(0, 16, (8, 4, 32)).float()
+    levels[..., 0], levels[..., 1] = 0, 15  # every group spans its 16 levels, as Q4_1's do
+    offset, step = torch.rand(8, 4, 1) - 0.7, 0.01 + 0.01 * torch.rand(8, 4, 1)
+    weight = (offset + step * levels).reshape(8, 128)
+    on_grid, moved = ex.shipped_grid(weight)
+    assert on_grid == 1.0 and moved > 0.01  # an integer zero-point shifts the grid off the float offset
+    assert ex.shipped_grid(torch.randn(8, 128))[0] == 0.0

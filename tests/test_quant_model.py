@@ -140,3 +140,37 @@ def test_int8_engine_agrees_with_simulation():
     assert agree > 0.98
     with pytest.raises(ValueError, match="backend"):
         qm.int8_engine(model, calib, calib[0], backend="tpu")
+
+
+def test_chapter_verdict_words_and_selection_bias_bookkeeping():
+    from effdl.experiments import quant_cnn
+
+    assert [quant_cnn.speed_word(r) for r in (6.5, 1.05, 0.8)] == ["faster", "about as fast", "slower"]
+    assert quant_cnn.speedup({"fp32": 0.03, "int8": 0.01}) == pytest.approx(3.0)
+    right = torch.tensor([True] * 90 + [False] * 10)
+    versions = quant_cnn.Selection(val=[0.80, 0.90, 0.85], test=[0.91, 0.89, 0.90],
+                                   test_correct=[right, right.roll(5), right.roll(9)])  # fmt: skip
+    assert (versions.picked_on_test, versions.picked_on_val) == (0, 1)
+    assert versions.optimism == pytest.approx(1.0)  # 91 % against a mean of 90 %
+    assert versions.best_vs_worst().n == 100
+
+
+def test_exercise_checks_reject_the_wrong_models():
+    from effdl.experiments import quant_cnn
+
+    model = zoo.pretrained("resnet-fmnist").model.eval().cpu()
+    with pytest.raises(AssertionError, match="at most 2"):
+        quant_cnn.self_check_mixed_precision(quantize_model(model, QuantConfig(weight_bits=8, act_bits=None)))
+    w3 = quantize_model(model, QuantConfig(weight_bits=3, act_bits=None, learn_scales=True))
+    with pytest.raises(AssertionError, match="learn_scales should be False"):
+        quant_cnn.self_check_lsq(w3, w3)
+
+
+def test_scale_less_pitfall_leaves_the_model_untouched():
+    # fold_batchnorms shares the layers no BatchNorm follows (the classifier) with its input model
+    from effdl.experiments import quant_cnn
+
+    model = zoo.pretrained("resnet-fmnist").model.eval().cpu()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert quant_cnn.scale_less(model) < 0.5
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

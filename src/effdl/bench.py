@@ -1,7 +1,7 @@
 """Honest measurement: time, throughput, bytes, FLOPs, memory, and this machine's ceilings.
 
-Chapter 1 (*Measuring performance*) teaches every function here. Timing goes through
-``torch.utils.benchmark`` (warm-up, repeated blocks, median and interquartile range, device
+The chapter ``chap-measuring`` (*Measuring performance*) teaches every function here. Timing goes
+through ``torch.utils.benchmark`` (warm-up, repeated blocks, median and interquartile range, device
 synchronization); FLOPs through ``torch.utils.flop_counter``; sizes count real storage bytes.
 """
 
@@ -29,7 +29,6 @@ from torch.utils._pytree import tree_leaves  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from effdl.config import pick  # noqa: E402
-
 
 MIN_BLOCKS = 5
 
@@ -155,8 +154,20 @@ def size_bytes(obj: nn.Module | str | Path) -> int:
         return os.path.getsize(path)
     if not isinstance(obj, nn.Module):
         raise ValueError(f"obj must be an nn.Module or a file path, got {type(obj).__name__}")
+    return _storage_bytes([*obj.parameters(), *obj.buffers()])
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    """Storage bytes of ``model``'s parameters alone: :func:`size_bytes` without the buffers
+    (BatchNorm running statistics and counters), each storage counted once."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    return _storage_bytes(list(model.parameters()))
+
+
+def _storage_bytes(tensors: list[torch.Tensor]) -> int:
     storages = {}
-    for t in [*obj.parameters(), *obj.buffers()]:
+    for t in tensors:
         storage = t.untyped_storage()
         storages[storage.data_ptr()] = storage.nbytes()
     return sum(storages.values())
@@ -193,7 +204,7 @@ def bytes_moved(fn: Callable[[], Any]) -> int:
     """Memory traffic of ``fn()`` if every op read its inputs and wrote its outputs to DRAM.
 
     An upper bound that ignores caches, used for the arithmetic intensity of the roofline
-    model (Chapter 1): FLOPs / bytes moved.
+    model (``sec-measuring-roofline``): FLOPs / bytes moved.
     """
     counter = _TrafficCounter()
     with torch.no_grad(), counter:
@@ -285,7 +296,7 @@ def machine(device: str | None = None) -> Ceilings:
 def pareto_front(costs: Sequence[float], scores: Sequence[float]) -> list[int]:
     """Indices of the points no other point beats: lower-or-equal cost and higher score.
 
-    Sorted by cost; this is the accuracy/cost frontier of Chapter 1.
+    Sorted by cost; this is the accuracy/cost frontier of ``sec-measuring-frontier``.
     """
     if len(costs) != len(scores):
         raise ValueError(f"costs and scores must have equal length, got {len(costs)} and {len(scores)}")

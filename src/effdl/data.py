@@ -183,7 +183,7 @@ class TextCorpus:
         return self.tokens[name]
 
     def text(self, name: str) -> str:
-        """The characters of a split, for another tokenizer (SmolLM2's, Chapter 4)."""
+        """The characters of a split, for another tokenizer (SmolLM2's, ``chap-quant-llm``)."""
         return self.tokenizer.decode(self.split(name))
 
 

@@ -26,7 +26,8 @@ def logits_of(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def perplexity(model: nn.Module, batches: Iterable[Batch]) -> float:
-    """``exp`` of the mean next-token cross-entropy over ``(inputs, targets)`` batches (section 4.1)."""
+    """``exp`` of the mean next-token cross-entropy over ``(inputs, targets)`` batches
+    (``sec-quant-llm-perplexity``)."""
     dev = next(model.parameters()).device
     total, count = 0.0, 0
     for x, y in batches:

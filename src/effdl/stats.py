@@ -1,6 +1,6 @@
 """Is a difference real? Standard errors over seeds and test images, and McNemar's paired test.
 
-The book's rule (*Measuring honestly* in Chapter 1): a difference under two standard errors is
+The book's rule (``sec-measuring-noise``): a difference under two standard errors is
 "no measurable difference". What the prose calls a win is either measured over several seeds
 (:func:`spread`, :func:`difference_of_means`) or, for one pair of models on the same test set,
 checked with McNemar's test on the images where exactly one of them is right (:func:`mcnemar`).

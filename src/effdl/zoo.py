@@ -114,11 +114,12 @@ class Baseline:
 
 
 def train_fmnist(model: nn.Module, cfg: dict[str, Any]) -> dict[str, float]:
-    """Train an image classifier with a recipe's ``train`` settings (also used by Chapter 5's lottery ticket)."""
+    """Train an image classifier with a recipe's ``train`` settings (also used by the lottery ticket of
+    ``chap-prune-unstructured``)."""
     train_set = data.fashion_mnist("train", limit=cfg["train_limit"])
     train_loader = data.loader(train_set, cfg["batch_size"], shuffle=True, seed=cfg["seed"])
     val_loader = data.loader(data.fashion_mnist("val"), 1000)
-    model.to(memory_format=torch.channels_last)  # faster convolutions on CPU (Chapter 1)
+    model.to(memory_format=torch.channels_last)  # faster convolutions on CPU (``chap-measuring``)
     opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], nesterov=True,
                           weight_decay=cfg["weight_decay"])  # fmt: skip
     steps = cfg["epochs"] * len(train_loader)

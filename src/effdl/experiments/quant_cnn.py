@@ -1,24 +1,99 @@
-"""Chapter 3's experiments (``notebooks/03_quant_cnn.ipynb``): PTQ and QAT of the Fashion-MNIST ResNet,
-the int8 engine's speed and file size."""
+"""The experiments of ``chap-quant-cnn`` (``notebooks/03_quant_cnn.ipynb``): PTQ and QAT of the Fashion-MNIST
+ResNet and CNN, a real int8 engine's accuracy, speed and file size, and the chapter's pitfalls.
+
+:func:`baselines` and :func:`calibration` are where the trained models and the calibration images come
+from; each experiment below is a function the notebook and :func:`bench` both call, and the ``check_*``
+functions assert the chapter's claims for both. The ``self_check_*`` functions are the exercises' checks.
+Accuracies are the book's (:func:`effdl.train.accuracy`, a fraction) on the test split's :func:`batches`;
+differences are reported in points (pt = 0.01).
+"""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
-from effdl import bench as measure_bench
-from effdl import claims, train, zoo
+from effdl import bench as timing
+from effdl import claims, data, stats, train, zoo
 from effdl.config import pick
-from effdl.experiments._shared import calibration_images, fmnist_accuracy
+from effdl.experiments._shared import calibration_images, fmnist_batches
 from effdl.quant import QuantConfig, core, quantize_model
 from effdl.quant import model as qmodel
 from effdl.quant.layers import fold_batchnorms
 
 NOTEBOOK = "03_quant_cnn"
+MODELS = ("resnet-fmnist", "cnn-fmnist")
+CPU = torch.device("cpu")  # the int8 engine runs on the CPU only, so every model here does
 BATCH_THROUGHPUT = 256
+SPEED_BATCHES = (1, BATCH_THROUGHPUT)
+TEST_IMAGES = pick(fast=1000, full=None)  # fast: the first 1,000 of the shared test (and validation) images
+CALIBRATION_IMAGES = pick(fast=256, full=None)  # None: the shared default, 2,048 training images
+
+PTQ_CONFIGS = {
+    "per-channel, min-max": QuantConfig(),
+    "per-channel, moving average": QuantConfig(act_observer="moving_average"),
+    "per-channel, percentile": QuantConfig(act_observer="percentile"),
+    "per-channel, MSE": QuantConfig(act_observer="mse"),
+    "per-tensor, min-max": QuantConfig(per_channel=False),
+}
+PTQ_LABELS = pick(fast=("per-channel, min-max", "per-channel, moving average", "per-tensor, min-max"),
+                  full=tuple(PTQ_CONFIGS))  # fmt: skip
+SCAN_BITS = 3  # weight bits of the one-layer-at-a-time sensitivity scan
+
+QAT_FORMATS = {
+    "W4A8": QuantConfig(weight_bits=4, learn_scales=True),
+    "W4": QuantConfig(weight_bits=4, act_bits=None, learn_scales=True),
+    "W3": QuantConfig(weight_bits=3, act_bits=None, learn_scales=True),
+    "W2": QuantConfig(weight_bits=2, act_bits=None, learn_scales=True),
+    "ternary": QuantConfig(weight_format="ternary", act_bits=None),
+    "binary": QuantConfig(weight_format="binary", act_bits=None),
+}
+QAT_LABELS = pick(fast=("W4A8", "ternary"), full=tuple(QAT_FORMATS))
+QAT_EPOCHS = pick(fast=1, full=2)
+QAT_IMAGES = pick(fast=2000, full=20000)
+
+SELECTION_SETS = 8  # calibration sets the selection-bias pitfall draws
+SELECTION_IMAGES = 64  # images in each
+SELECTION_POOL = pick(fast=2048, full=8192)  # training images they are drawn from
+SELECTION_ACT_BITS = 5
+
+
+# --- models, data ------------------------------------------------------------------------------
+
+
+def baselines() -> dict[str, nn.Module]:
+    """The trained ResNet and CNN of ``chap-measuring``, in eval mode on the CPU."""
+    return {name: zoo.pretrained(name).model.eval().cpu() for name in MODELS}
+
+
+def calibration() -> list[torch.Tensor]:
+    """Unlabelled training images for calibration, 256 fast, 2,048 full (``sec-quant-cnn-setup``); the test
+    split chooses nothing."""
+    return calibration_images(CALIBRATION_IMAGES)
+
+
+def batches(split: str = "test") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The Fashion-MNIST ``split`` batches every accuracy of the chapter is measured on: all of
+    :func:`~effdl.experiments._shared.fmnist_batches` in full mode, the first :data:`TEST_IMAGES` in fast mode."""
+    every = fmnist_batches(split)
+    return every if TEST_IMAGES is None else every[: max(1, TEST_IMAGES // len(every[0][1]))]
+
+
+def n_test_images() -> int:
+    """Number of test images every accuracy of the chapter is measured on."""
+    return sum(len(y) for _, y in batches())
+
+
+def accuracies(models: dict[str, nn.Module]) -> dict[str, float]:
+    """Test accuracy (a fraction) of each model."""
+    return {name: train.accuracy(model, batches()) for name, model in models.items()}
 
 
 def difference_from_torch(weight: torch.Tensor) -> float:
@@ -29,36 +104,352 @@ def difference_from_torch(weight: torch.Tensor) -> float:
     return (core.fake_quantize(weight, 8, axis=0) - theirs).abs().max().item()
 
 
-def qat(model: torch.nn.Module, config: QuantConfig, calibration: list[torch.Tensor]) -> torch.nn.Module:
-    """A quantized copy of ``model`` fine-tuned through its quantizers (``sec-quant-cnn-qat``)."""
-    quantized = quantize_model(model, config, calibration)
-    return train.finetune(quantized, pick(fast=1, full=2), lr=0.01, train_limit=pick(fast=2000, full=20000))
+# --- BatchNorm folding, W8A8 PTQ ---------------------------------------------------------------
+
+
+def folding_gap(model: nn.Module, images: int = 256) -> tuple[int, float]:
+    """Number of BatchNorms and the largest change in a logit on ``images`` test images once they are
+    folded into the convolutions (``sec-quant-cnn-folding``)."""
+    x = data.fashion_mnist("test", limit=images).tensors[0]
+    with torch.no_grad():
+        gap = (fold_batchnorms(model)(x) - model(x)).abs().max().item()
+    return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()), gap
+
+
+def check_folding(gap: float) -> float:
+    """The claim of ``sec-quant-cnn-folding``: folding changes the function by float rounding only."""
+    return claims.claim("largest logit change after BN folding", gap, "<=", full=1e-3, fast=1e-3)
+
+
+@dataclasses.dataclass(frozen=True)
+class PTQResult:
+    """W8A8 PTQ of ``sec-quant-cnn-ptq``: per-image test correctness of each fp32 model and each variant."""
+
+    fp32: dict[str, torch.Tensor]  # model name -> per-image correctness
+    quantized: dict[tuple[str, str], torch.Tensor]  # (model name, variant label) -> per-image correctness
+
+    def accuracy(self, name: str, label: str | None = None) -> float:
+        """Test accuracy (a fraction) of model ``name``: fp32, or the variant ``label``."""
+        correct = self.fp32[name] if label is None else self.quantized[name, label]
+        return correct.double().mean().item()
+
+    def drop(self, name: str, label: str) -> float:
+        """Accuracy of fp32 minus accuracy of the variant, in points."""
+        return 100 * (self.accuracy(name) - self.accuracy(name, label))
+
+    def paired(self, name: str, a: str, b: str) -> stats.Paired:
+        """McNemar's test of variant ``a`` against variant ``b`` on the same test images."""
+        return stats.mcnemar(self.quantized[name, a], self.quantized[name, b])
+
+
+def ptq_observers(models: dict[str, nn.Module], calibration: list[torch.Tensor],
+                  labels: tuple[str, ...] = PTQ_LABELS) -> PTQResult:  # fmt: skip
+    """Each model at W8A8 with each variant of :data:`PTQ_CONFIGS` in ``labels`` (``sec-quant-cnn-ptq``);
+    fast mode leaves out the percentile and MSE observers."""
+    fp32 = {name: train.correct(model, batches()) for name, model in models.items()}
+    quantized = {(name, label): train.correct(quantize_model(model, PTQ_CONFIGS[label], calibration), batches())
+                 for name, model in models.items() for label in labels}  # fmt: skip
+    return PTQResult(fp32, quantized)
+
+
+def check_ptq(result: PTQResult) -> float:
+    """The claim of ``sec-quant-cnn-ptq``: W8A8 with per-channel weights costs the ResNet at most a few tenths."""
+    return claims.claim("W8A8 PTQ per-channel drop (ResNet)", result.drop("resnet-fmnist", "per-channel, min-max"),
+                        "<=", full=0.3, fast=1.0, unit="pt")  # fmt: skip
+
+
+# --- sensitivity, QAT --------------------------------------------------------------------------
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """The conv and linear layers of the BN-folded ``model``, the ones :func:`quantize_model` wraps."""
+    return [n for n, m in fold_batchnorms(model).named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
+def sensitivity_scan(model: nn.Module, bits: int = SCAN_BITS) -> dict[str, float]:
+    """Test accuracy with ``bits``-bit weights in one layer at a time, everything else fp32
+    (``sec-quant-cnn-sensitivity``)."""
+    configs = {name: QuantConfig(weight_bits=bits, act_bits=None, only=(name,)) for name in layer_names(model)}
+    return {name: train.accuracy(quantize_model(model, config), batches()) for name, config in configs.items()}
+
+
+def qat_finetune(quantized: nn.Module) -> nn.Module:
+    """Fine-tune a quantized model through its quantizers, in place (``sec-quant-cnn-qat``): SGD, cosine
+    schedule, clipped gradients, :data:`QAT_EPOCHS` epochs over :data:`QAT_IMAGES` training images."""
+    return train.finetune(quantized, QAT_EPOCHS, lr=0.01, train_limit=QAT_IMAGES)
+
+
+@dataclasses.dataclass(frozen=True)
+class QATRow:
+    """One weight format of ``sec-quant-cnn-qat``: accuracy before (PTQ) and after QAT, and QAT's seconds."""
+
+    ptq: float
+    qat: float
+    seconds: float
+
+
+def qat_chart(model: nn.Module, calibration: list[torch.Tensor],
+              labels: tuple[str, ...] = QAT_LABELS) -> dict[str, QATRow]:  # fmt: skip
+    """PTQ and QAT test accuracy of ``model`` in each format of :data:`QAT_FORMATS` in ``labels``
+    (``sec-quant-cnn-qat``); fast mode trains W4A8 and ternary only."""
+    chart = {}
+    for label in labels:
+        quantized = quantize_model(model, QAT_FORMATS[label], calibration)
+        before, start = train.accuracy(quantized, batches()), time.perf_counter()
+        qat_finetune(quantized)
+        chart[label] = QATRow(before, train.accuracy(quantized, batches()), time.perf_counter() - start)
+    return chart
+
+
+def check_qat(chart: dict[str, QATRow], fp32: float) -> None:
+    """The claims of ``sec-quant-cnn-qat``: QAT brings W4A8 to within half a point of fp32 (``fp32`` is the
+    baseline's accuracy), and ternary weights, which collapse without training, recover with it."""
+    claims.claim("W4A8 QAT gap to fp32", 100 * (fp32 - chart["W4A8"].qat), "<=", full=0.5, fast=1.5, unit="pt")
+    claims.claim("ternary PTQ accuracy (collapse)", 100 * chart["ternary"].ptq, "<=", full=30, fast=30, unit="%")
+    claims.claim("ternary QAT minus PTQ", 100 * (chart["ternary"].qat - chart["ternary"].ptq), ">=",
+                 full=50, fast=10, unit="pt")  # fmt: skip
+
+
+# --- the int8 engine ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineResult:
+    """The ``torch.ao`` int8 engine next to the W8A8 simulation it should reproduce (``sec-quant-cnn-engine``)."""
+
+    engine: nn.Module
+    simulated: nn.Module
+    engine_correct: torch.Tensor  # per-image test correctness
+    simulated_correct: torch.Tensor
+    agreement: float  # fraction of test images on which the two predict the same class
+
+    @property
+    def engine_accuracy(self) -> float:
+        return self.engine_correct.double().mean().item()
+
+    @property
+    def simulated_accuracy(self) -> float:
+        return self.simulated_correct.double().mean().item()
+
+
+@torch.no_grad()
+def _predictions(model: nn.Module) -> torch.Tensor:
+    return torch.cat([model(x).argmax(1) for x, _ in batches()])
+
+
+def int8_engine(model: nn.Module, calibration: list[torch.Tensor]) -> EngineResult:
+    """``model`` converted to a real int8 CPU model and simulated at W8A8 with the same calibration images;
+    their test correctness and how often they agree (``sec-quant-cnn-engine``)."""
+    engine = qmodel.int8_engine(model, calibration, calibration[0])
+    simulated = quantize_model(model, QuantConfig(), calibration)
+    agreement = (_predictions(engine) == _predictions(simulated)).double().mean().item()
+    # the engine has no parameters to read a device from: name it
+    engine_correct = train.correct(engine, batches(), device=CPU)
+    return EngineResult(engine, simulated, engine_correct, train.correct(simulated, batches()), agreement)
+
+
+def check_engine(result: EngineResult) -> float:
+    """The claim of ``sec-quant-cnn-engine``: the simulation predicts what the int8 engine does."""
+    return claims.claim("int8 engine agrees with the simulation", 100 * result.agreement, ">=",
+                        full=98, fast=95, unit="% of test images")  # fmt: skip
+
+
+def engine_speed(model: nn.Module, engine: nn.Module,
+                 batches: tuple[int, ...] = SPEED_BATCHES) -> dict[int, dict[str, float]]:  # fmt: skip
+    """Seconds per forward pass of fp32 ``model`` and the int8 ``engine`` at each batch size, timed
+    interleaved with :func:`effdl.bench.compare_latency` on the CPU (``sec-quant-cnn-engine``)."""
+    return {batch: timing.compare_latency({"fp32": model, "int8": engine}, zoo.example_input("resnet-fmnist", batch))
+            for batch in batches}  # fmt: skip
+
+
+def speedup(times: dict[str, float]) -> float:
+    """fp32 seconds over int8 seconds: how many times faster the int8 engine is."""
+    return times["fp32"] / times["int8"]
+
+
+def speed_word(ratio: float, margin: float = 0.1) -> str:
+    """``faster``, ``slower`` or ``about as fast`` for a speed-up ``ratio`` (within ``margin`` of 1: about as fast)."""
+    return "faster" if ratio > 1 + margin else "slower" if ratio < 1 - margin else "about as fast"
+
+
+def check_speed(times: dict[int, dict[str, float]]) -> float:
+    """The claim of ``sec-quant-cnn-engine`` on speed: on a CPU the int8 engine beats fp32 at batch 256 by
+    at least half (by far more on an idle machine with int8 dot-product units). Fast mode times each model
+    for a tenth of the time, often on a machine busy with other tests: there it must still be faster."""
+    return claims.claim("int8 engine speed-up over fp32, batch 256, CPU", speedup(times[BATCH_THROUGHPUT]), ">=",
+                        full=1.5, fast=1.2, unit="x")  # fmt: skip
+
+
+def file_bytes(model: nn.Module, quantized: nn.Module) -> tuple[int, int]:
+    """Bytes of the safetensors files of ``model`` (fp32) and of ``quantized`` (packed codes, scales, biases)."""
+    with tempfile.TemporaryDirectory() as folder:
+        int8 = qmodel.save_quantized(quantized, Path(folder) / "int8.safetensors")
+        save_file(model.state_dict(), Path(folder) / "fp32.safetensors")
+        return timing.size_bytes(Path(folder) / "fp32.safetensors"), int8
+
+
+def check_file(fp32_bytes: int, int8_bytes: int) -> float:
+    """The claim of ``sec-quant-cnn-engine`` on size: an int8 file is about a quarter of the fp32 one."""
+    return claims.claim("int8 file / fp32 file", int8_bytes / fp32_bytes, "<=", full=0.27, fast=0.27)
+
+
+def profile_top(models: dict[str, nn.Module], top: int = 4) -> dict[str, list[tuple[str, float]]]:
+    """The ``top`` operators by self CPU time (ms) of one forward pass of each model at batch 256."""
+    example, result = zoo.example_input("resnet-fmnist", BATCH_THROUGHPUT), {}
+    for label, model in models.items():
+        with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            model(example)
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+        result[label] = [(e.key, e.self_cpu_time_total / 1e3) for e in events]
+    return result
+
+
+# --- pitfalls ----------------------------------------------------------------------------------
+
+
+def scale_less(model: nn.Module) -> float:
+    """Test accuracy after the fixed-point cast ``round(w * 2**8)`` to int8 with no scale and no clamp."""
+    broken = fold_batchnorms(copy.deepcopy(model))  # layers with no BatchNorm are shared with the model: copy
+    with torch.no_grad():
+        for module in broken.modules():
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                module.weight.copy_(torch.round(module.weight * 2**8).to(torch.int8).float() / 2**8)
+    return train.accuracy(broken, batches())
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """Several W8A5 versions of one model, one per random calibration set: validation and test accuracy."""
+
+    val: list[float]
+    test: list[float]
+    test_correct: list[torch.Tensor]
+
+    @property
+    def picked_on_test(self) -> int:
+        return max(range(len(self.test)), key=self.test.__getitem__)
+
+    @property
+    def picked_on_val(self) -> int:
+        return max(range(len(self.val)), key=self.val.__getitem__)
+
+    @property
+    def optimism(self) -> float:
+        """Points by which the test-picked version beats the average version on test."""
+        return 100 * (max(self.test) - sum(self.test) / len(self.test))
+
+    def best_vs_worst(self) -> stats.Paired:
+        """McNemar's test of the best against the worst version on the test images."""
+        worst = min(range(len(self.test)), key=self.test.__getitem__)
+        return stats.mcnemar(self.test_correct[self.picked_on_test], self.test_correct[worst])
+
+
+def selection_bias(model: nn.Module, sets: int = SELECTION_SETS, images: int = SELECTION_IMAGES) -> Selection:
+    """``sets`` W8A5 versions of ``model``, each calibrated on ``images`` random training images, scored on
+    validation and test (the pitfall of choosing on the test set, ``sec-quant-cnn-pitfalls``)."""
+    pool = data.fashion_mnist("train", limit=SELECTION_POOL).tensors[0]
+    val, test, correct = [], [], []
+    for seed in range(sets):
+        subset = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:images]]
+        quantized = quantize_model(model, QuantConfig(act_bits=SELECTION_ACT_BITS), [subset])
+        val.append(train.accuracy(quantized, batches("val")))
+        correct.append(train.correct(quantized, batches()))
+        test.append(correct[-1].double().mean().item())
+    return Selection(val, test, correct)
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldingPitfall:
+    """W4 weight-only PTQ of a model: per-tensor without and with BN folding, and per-channel (folded)."""
+
+    unfolded: torch.Tensor  # per-image test correctness, per-tensor scales on the unfolded weights
+    folded: torch.Tensor  # per-tensor scales on the folded weights (what an engine runs)
+    per_channel: torch.Tensor  # per-channel scales on the folded weights
+
+    def accuracy(self, which: str) -> float:
+        return getattr(self, which).double().mean().item()
+
+
+def folding_pitfall(model: nn.Module, bits: int = 4) -> FoldingPitfall:
+    """``bits``-bit weights with per-tensor scales simulated with and without BN folding, and with per-channel
+    scales (the pitfall of forgetting the folding, ``sec-quant-cnn-pitfalls``; and ``sec-quant-cnn-ptq``)."""
+    config = QuantConfig(weight_bits=bits, act_bits=None, per_channel=False)
+    return FoldingPitfall(
+        unfolded=train.correct(quantize_model(model, dataclasses.replace(config, fold_bn=False)), batches()),
+        folded=train.correct(quantize_model(model, config), batches()),
+        per_channel=train.correct(quantize_model(model, QuantConfig(weight_bits=bits, act_bits=None)), batches()),
+    )
+
+
+def check_granularity(pitfall: FoldingPitfall) -> float:
+    """The claim of ``sec-quant-cnn-ptq`` on granularity: at 4-bit weights per-channel scales are no worse than
+    per-tensor ones on the folded ResNet (each channel gets a grid fitted to its own range)."""
+    gain = 100 * (pitfall.accuracy("per_channel") - pitfall.accuracy("folded"))
+    return claims.claim("W4 per-channel minus per-tensor accuracy (ResNet)", gain, ">=", full=0, fast=0, unit="pt")
+
+
+# --- exercises ---------------------------------------------------------------------------------
+
+
+def self_check_mixed_precision(quantized: nn.Module, within: float = 1.5) -> float:
+    """Exercise 1: at most two conv/linear layers of the ResNet left above 3-bit weights, no QAT, and test
+    accuracy within ``within`` points of fp32. Returns the accuracy; raises ``AssertionError`` with the reason."""
+    resnet = zoo.pretrained("resnet-fmnist").model.eval().cpu()
+    low = [n for n, m in qmodel.quant_layers(quantized).items()
+           if m.weight_quant.fmt == "int" and m.weight_quant.bits <= SCAN_BITS]  # fmt: skip
+    higher = len(layer_names(resnet)) - len(low)
+    assert higher <= 2, f"{higher} layers are above {SCAN_BITS} bits or in float; keep at most 2 there"
+    accuracy, fp32 = train.accuracy(quantized, batches()), train.accuracy(resnet, batches())
+    gap = 100 * (fp32 - accuracy)
+    assert gap <= within, f"{100 * accuracy:.2f} % is {gap:.2f} pt below fp32 ({100 * fp32:.2f} %); target {within} pt"
+    print(f"passed: {100 * accuracy:.2f} % with {len(low)} layers at {SCAN_BITS} bits, {gap:+.2f} pt from fp32")
+    return accuracy
+
+
+def self_check_lsq(with_lsq: nn.Module, without: nn.Module) -> stats.Paired:
+    """Exercise 3: two W3 QAT models of the ResNet, with and without learned scales; prints what LSQ buys
+    and whether the test set can tell (McNemar). Raises ``AssertionError`` if the models are not that pair."""
+    for model, learned in ((with_lsq, True), (without, False)):
+        quants = [m.weight_quant for m in qmodel.quant_layers(model).values()]
+        assert quants and all(q.fmt == "int" and q.bits == 3 for q in quants), "quantize every layer to 3-bit weights"
+        assert all(q.learn_scale == learned for q in quants), f"learn_scales should be {learned} for this model"
+    paired = stats.mcnemar(train.correct(with_lsq, batches()), train.correct(without, batches()))
+    print(f"LSQ buys {100 * paired.difference:+.2f} pt (p = {paired.p_value:.3f}): {paired.verdict('better', 'worse')}")
+    return paired
+
+
+# --- make bench --------------------------------------------------------------------------------
 
 
 def bench() -> None:
     """The chapter's headline rows on the ResNet: PTQ, QAT, the int8 engine's speed and file size."""
-    resnet = zoo.pretrained("resnet-fmnist").model.eval().cpu()
-    weights = [m.weight.detach() for m in fold_batchnorms(resnet).modules() if isinstance(m, torch.nn.Conv2d)]
+    models = baselines()
+    resnet, cal = models["resnet-fmnist"], calibration()
+    weights = [m.weight.detach() for m in fold_batchnorms(resnet).modules() if isinstance(m, nn.Conv2d)]
     claims.target("fake-quant vs torch ops, max difference", max(difference_from_torch(w) for w in weights), "<=", 0.0)
-    calibration = calibration_images()
-    fp32 = 100 * fmnist_accuracy(resnet)
-    per_channel = 100 * fmnist_accuracy(quantize_model(resnet, QuantConfig(), calibration))
-    per_tensor = 100 * fmnist_accuracy(quantize_model(resnet, QuantConfig(per_channel=False), calibration))
-    claims.measure("fp32 test accuracy", fp32, "%")
-    claims.target("W8A8 PTQ per-channel drop", fp32 - per_channel, "<=", 0.3, unit="pt")
-    claims.target("per-tensor minus per-channel accuracy", per_tensor - per_channel, "<", 0.0, unit="pt")
-    w4 = 100 * fmnist_accuracy(qat(resnet, QuantConfig(weight_bits=4, learn_scales=True), calibration))
-    claims.target("W4A8 QAT (2 epochs) gap to fp32", fp32 - w4, "<=", 0.5, unit="pt")
+    ptq = ptq_observers({"resnet-fmnist": resnet}, cal, ("per-channel, min-max", "per-tensor, min-max"))
+    check_ptq(ptq)
+    fp32 = ptq.accuracy("resnet-fmnist")
+    claims.measure("fp32 test accuracy", 100 * fp32, "%")
+    claims.target("W8A8 PTQ per-channel drop", ptq.drop("resnet-fmnist", "per-channel, min-max"), "<=", 0.3,
+                  unit="pt", section="sec-quant-cnn-ptq")  # fmt: skip
+    per_tensor = ptq.drop("resnet-fmnist", "per-channel, min-max") - ptq.drop("resnet-fmnist", "per-tensor, min-max")
+    claims.target("per-tensor minus per-channel accuracy", per_tensor, "<", 0.0, unit="pt", section="sec-quant-cnn-ptq")
+    chart = qat_chart(resnet, cal, ("W4A8", "ternary", "binary"))
+    check_qat(chart, fp32)
+    claims.target("W4A8 QAT (2 epochs) gap to fp32", 100 * (fp32 - chart["W4A8"].qat), "<=", 0.5, unit="pt",
+                  section="sec-quant-cnn-qat")  # fmt: skip
     for label in ("ternary", "binary"):
-        quantized = qat(resnet, QuantConfig(weight_format=label, act_bits=None), calibration)
-        claims.measure(f"{label} QAT (2 epochs) accuracy", 100 * fmnist_accuracy(quantized), "%")
-    engine = qmodel.int8_engine(resnet, calibration, calibration[0])
-    claims.measure("int8 engine accuracy minus simulated", 100 * fmnist_accuracy(engine) - per_channel, "pt")
-    times = measure_bench.compare_latency({"fp32": resnet, "int8": engine},
-                                          zoo.example_input("resnet-fmnist", BATCH_THROUGHPUT))  # fmt: skip
-    claims.target("int8 engine speed-up (batch 256)", times["fp32"] / times["int8"], ">=", 2.0, unit="x")
-    with tempfile.TemporaryDirectory() as folder:
-        int8_file = qmodel.save_quantized(quantize_model(resnet, QuantConfig(), calibration), Path(folder) / "q")
-        save_file(resnet.state_dict(), Path(folder) / "f")
-        fp32_file = measure_bench.size_bytes(Path(folder) / "f")
-    claims.target("int8 file / fp32 file", int8_file / fp32_file, "<=", 0.27)
+        claims.measure(f"{label} QAT (2 epochs) accuracy", 100 * chart[label].qat, "%")
+    engine = int8_engine(resnet, cal)
+    check_engine(engine)
+    claims.measure("int8 engine accuracy minus simulated", 100 * (engine.engine_accuracy - engine.simulated_accuracy),
+                   "pt")  # fmt: skip
+    times = engine_speed(resnet, engine.engine)
+    check_speed(times)
+    claims.measure("int8 engine speed-up (batch 1)", speedup(times[1]), "x")
+    claims.target("int8 engine speed-up (batch 256)", speedup(times[BATCH_THROUGHPUT]), ">=", 2.0, unit="x",
+                  section="sec-quant-cnn-engine")  # fmt: skip
+    fp32_file, int8_file = file_bytes(resnet, engine.simulated)
+    check_file(fp32_file, int8_file)
+    claims.target("int8 file / fp32 file", int8_file / fp32_file, "<=", 0.27, section="sec-quant-cnn-engine")

@@ -1,9 +1,10 @@
-"""``effdl.prune``: removing weights, from saliency scores to real speed-ups (Chapters 5 and 6).
+"""``effdl.prune``: removing weights, from saliency scores to real speed-ups (``chap-prune-unstructured``,
+``chap-prune-structured``).
 
 - :mod:`~effdl.prune.masks`: magnitude, random, Taylor and OBD scores; layer-wise, global, per-row
-  and N:M masks; masks kept during fine-tuning; measured sparsity; schedules (Chapter 5)
+  and N:M masks; masks kept during fine-tuning; measured sparsity; schedules
 - :mod:`~effdl.prune.storage`: bytes of dense, bitmask and CSR storage; sparse vs dense matmul
-- :mod:`~effdl.prune.structured`: channel groups, channel/filter and residual-block removal, Torch-Pruning (Chapter 6)
+- :mod:`~effdl.prune.structured`: channel groups, channel/filter and residual-block removal, Torch-Pruning
 - :mod:`~effdl.prune.llm`: magnitude and Wanda pruning of LLM linear layers, 50 % and 2:4
 - :mod:`~effdl.prune.recipes`: one-shot, iterative with fine-tuning, sensitivity scan, lottery-ticket rewinding
 """

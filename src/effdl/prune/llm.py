@@ -1,4 +1,4 @@
-"""Pruning LLM linear layers without retraining: magnitude against Wanda's |W|·‖X‖ (section 6.6)."""
+"""Pruning LLM linear layers without retraining: magnitude against Wanda's |W|·‖X‖ (``sec-prune-structured-llm``)."""
 
 from __future__ import annotations
 

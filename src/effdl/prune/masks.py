@@ -1,4 +1,5 @@
-"""Which weights to keep: importance scores, top-k and N:M masks, and masks that stay applied (Chapter 5).
+"""Which weights to keep: importance scores, top-k and N:M masks, and masks that stay applied
+(``chap-prune-unstructured``).
 
 A *score* is a tensor shaped like the weight it ranks (higher = more important); a *mask* is a
 0/1 tensor of the same shape. Scores and masks are dicts keyed by the weight's module name, over
@@ -29,7 +30,7 @@ def prunable(model: nn.Module) -> dict[str, nn.Conv2d | nn.Linear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
 
 
-# --- importance scores (section 5.2) ----------------------------------------------------------
+# --- importance scores (sec-prune-unstructured-scores) ----------------------------------------
 
 
 def magnitude_scores(model: nn.Module) -> Scores:
@@ -96,7 +97,7 @@ def obd_scores(model: nn.Module, batches: Iterable) -> Scores:
     return {n: 0.5 * fisher[n] * m.weight.detach().pow(2) for n, m in prunable(model).items()}
 
 
-# --- masks (section 5.3) ----------------------------------------------------------------------
+# --- masks (sec-prune-unstructured-masks) -----------------------------------------------------
 
 
 def _keep_top(score: torch.Tensor, keep: int) -> torch.Tensor:
@@ -119,7 +120,7 @@ def global_masks(scores: Scores, sparsity: float) -> Masks:
     if keep == 0:
         return {n: torch.zeros_like(s) for n, s in scores.items()}
     threshold = flat.topk(keep).values[-1]
-    masks = {n: (s >= threshold).float() for n, s in scores.items()}
+    masks = {n: (s >= threshold).float().contiguous() for n, s in scores.items()}  # contiguous: any weight layout
     excess = int(sum(m.sum().item() for m in masks.values())) - keep  # ties at the threshold
     for n, m in masks.items():
         if excess <= 0:
@@ -131,7 +132,7 @@ def global_masks(scores: Scores, sparsity: float) -> Masks:
 
 
 def row_masks(scores: Scores, sparsity: float) -> Masks:
-    """Remove ``sparsity`` of each output row (Wanda's comparison group, section 6.6)."""
+    """Remove ``sparsity`` of each output row (Wanda's comparison group, ``chap-prune-structured``)."""
     check_sparsity(sparsity)
     masks = {}
     for n, s in scores.items():
@@ -182,7 +183,7 @@ class MaskKeeper:
     and once more when removed (the last optimizer step comes after the last forward).
 
     Masking gradients alone is not enough: weight decay or momentum left from before pruning move
-    pruned weights again (the Chapter 6 pitfall). Use as a context manager or call :meth:`remove`.
+    pruned weights again (a pitfall of ``chap-prune-structured``). Use as a context manager or call :meth:`remove`.
     """
 
     def __init__(self, model: nn.Module, masks: Masks):
@@ -230,7 +231,7 @@ def layer_sparsity(model: nn.Module) -> dict[str, float]:
     return {n: float((m.weight == 0).float().mean()) for n, m in prunable(model).items()}
 
 
-# --- schedules (section 5.4) ------------------------------------------------------------------
+# --- schedules (sec-prune-unstructured-iterative) ---------------------------------------------
 
 
 def polynomial_sparsity(step: int, total: int, final: float, initial: float = 0.0, power: int = 3) -> float:

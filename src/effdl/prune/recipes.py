@@ -27,7 +27,7 @@ from effdl.prune.masks import (
     random_scores,
     taylor_scores,
 )
-from effdl.train import evaluate
+from effdl.train import accuracy
 
 METHODS = ("random", "magnitude", "taylor", "obd")
 Finetune = Callable[[nn.Module], nn.Module]
@@ -102,7 +102,7 @@ def sensitivity_scan(model: nn.Module, sparsities: list[float], batches: list) -
             pruned = copy.deepcopy(model)
             layer = prunable(pruned)[name]
             apply_masks_(pruned, {name: layer_masks({name: layer.weight.abs()}, s)[name]})
-            row.append(evaluate(pruned, batches)["accuracy"])
+            row.append(accuracy(pruned, batches))
         result[name] = row
     return result
 

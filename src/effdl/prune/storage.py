@@ -1,4 +1,5 @@
-"""What a sparse tensor costs: bytes of dense, bitmask and CSR storage, and sparse matmul speed (section 5.6)."""
+"""What a sparse tensor costs: bytes of dense, bitmask and CSR storage, and sparse matmul speed
+(``sec-prune-unstructured-storage``)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from effdl.bench import time_fn
+from effdl.bench import compare_latency, time_fn
 from effdl.prune.masks import nm_masks
 
 
@@ -43,12 +45,24 @@ def random_sparse(rows: int, cols: int, density: float, seed: int = 0) -> torch.
     return torch.randn(rows, cols, generator=gen) * (torch.rand(rows, cols, generator=gen) < density)
 
 
-def sparse_vs_dense(weight: torch.Tensor, inputs: torch.Tensor) -> tuple[float, float]:
-    """Median seconds of ``weight @ inputs`` as a dense matmul and as a CSR ``torch.sparse.mm``, same run."""
-    sparse = csr(weight)
-    dense_t = time_fn(lambda: weight @ inputs).median
-    sparse_t = time_fn(lambda: torch.sparse.mm(sparse, inputs)).median
-    return dense_t, sparse_t
+class MatMul(nn.Module):
+    """``weight @ x`` as a module, with ``weight`` dense or a sparse (CSR) tensor (``torch.sparse.mm``)."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sparse.mm(self.weight, x) if self.weight.is_sparse_csr else self.weight @ x
+
+
+def sparse_vs_dense(weight: torch.Tensor, inputs: torch.Tensor, rounds: int = 3,
+                    min_run_time: float | None = None) -> tuple[float, float]:  # fmt: skip
+    """Median seconds of ``weight @ inputs`` as a dense matmul and as a CSR ``torch.sparse.mm``, timed
+    interleaved in ``rounds`` (:func:`effdl.bench.compare_latency`)."""
+    pair = {"dense": MatMul(weight.detach()), "sparse": MatMul(csr(weight))}
+    times = compare_latency(pair, inputs, rounds=rounds, min_run_time=min_run_time)
+    return times["dense"], times["sparse"]
 
 
 def semi_structured_speedup(features: int = 4096, tokens: int = 4096) -> tuple[float, float]:

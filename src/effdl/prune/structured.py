@@ -1,4 +1,5 @@
-"""Structured pruning that makes the tensors smaller: channels, filters and whole residual blocks (Chapter 6).
+"""Structured pruning that makes the tensors smaller: channels, filters and whole residual blocks
+(``chap-prune-structured``).
 
 Removing output channel ``c`` of a convolution also removes entry ``c`` of the BatchNorm after
 it and input channel ``c`` of every layer that reads it. In a ResNet, a residual add ties the
@@ -71,7 +72,7 @@ def resnet_groups(model: ResNet) -> list[ChannelGroup]:
     return [*groups, carried]
 
 
-# --- channel importance (section 6.2) ---------------------------------------------------------
+# --- channel importance (``sec-prune-structured-criteria``) ------------------------------------
 
 
 def _filter_norms(group: ChannelGroup, p: int) -> torch.Tensor:
@@ -162,7 +163,7 @@ def prune_channels_(model: ResNet, ratio: float, criterion: str = "l1", batches:
     """Remove the fraction ``ratio`` of channels of every group (the least important by ``criterion``), in place.
 
     ``round_to`` rounds each group's surviving channel count to a multiple (CPU and GPU kernels are
-    fastest on multiples of 8 or 16; section 6.2 measures it).
+    fastest on multiples of 8 or 16; ``sec-prune-structured-criteria`` measures it).
     """
     if not 0 <= ratio < 1:
         raise ValueError(f"ratio must be in [0, 1), got {ratio}")
@@ -175,7 +176,7 @@ def prune_channels_(model: ResNet, ratio: float, criterion: str = "l1", batches:
     return model
 
 
-# --- removing residual blocks (section 6.3) ---------------------------------------------------
+# --- removing residual blocks (``sec-prune-structured-blocks``) -------------------------------
 
 
 def residual_blocks(model: ResNet) -> list[str]:
@@ -201,7 +202,7 @@ def block_drop_losses(model: ResNet, batches: list) -> dict[str, float]:
     return {name: evaluate(drop_block_(copy.deepcopy(model), name), batches)["loss"] for name in residual_blocks(model)}
 
 
-# --- the production path: Torch-Pruning (section 6.4) ----------------------------------------
+# --- the production path: Torch-Pruning (``sec-prune-structured-headline``) ------------------
 
 
 def torch_pruning_channels(model: nn.Module, example: torch.Tensor, ratio: float, round_to: int = 1) -> nn.Module:

@@ -1,6 +1,6 @@
 """Uniform quantization from scratch: ranges, scales, zero-points, rounding and fake-quantization.
 
-Chapter 2 (``02_quant_basics``) teaches every function here. A ``b``-bit integer grid
+``chap-quant-basics`` (``02_quant_basics``) teaches every function here. A ``b``-bit integer grid
 ``[q_min, q_max]`` stands for the real values ``(q - z) * s``; :func:`qparams` picks the scale
 ``s`` and zero-point ``z`` from a real range, :func:`quantize` rounds onto the grid and
 :func:`dequantize` maps back. *Granularity* says which elements share one ``(s, z)``: the whole
@@ -23,13 +23,13 @@ def check_bits(bits: int, low: int = 1, high: int = 16) -> None:
 
 
 def qrange(bits: int, signed: bool = True) -> tuple[int, int]:
-    """The integer grid of a ``bits``-wide two's-complement (``signed``) or unsigned integer (section 2.3)."""
+    """The grid of a ``bits``-wide two's-complement (``signed``) or unsigned integer (``sec-quant-basics-grid``)."""
     check_bits(bits)
     return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
 
 
 def grouped(x: torch.Tensor, group_size: int) -> torch.Tensor:
-    """View ``x`` as ``(rows, groups, group_size)``; row ``i`` is ``x[i]`` flattened (section 2.6).
+    """View ``x`` as ``(rows, groups, group_size)``; row ``i`` is ``x[i]`` flattened (``sec-quant-basics-granularity``).
 
     When ``group_size`` does not divide a row, the last group is padded by repeating the row's
     last value, which leaves that group's min and max unchanged.
@@ -61,7 +61,8 @@ def minmax(x: torch.Tensor, axis: int | None = None) -> tuple[torch.Tensor, torc
 def qparams(
     lo: torch.Tensor, hi: torch.Tensor, bits: int = 8, signed: bool = True, symmetric: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero-point that map the real range ``[lo, hi]`` onto the ``bits``-bit grid (section 2.4).
+    """Scale and zero-point mapping the real range ``[lo, hi]`` onto the ``bits``-bit grid
+    (``sec-quant-basics-affine``).
 
     Symmetric: ``s = max(|lo|, |hi|) / q_max`` and ``z = 0`` (signed grids only), so real 0 is
     exactly representable and the integer product needs no zero-point terms. Affine: ``s = (hi -
@@ -85,7 +86,8 @@ def qparams(
 
 
 def round_values(x: torch.Tensor, rounding: str = "nearest", generator: torch.Generator | None = None) -> torch.Tensor:
-    """Round to nearest (ties to even) or stochastically: up with probability ``x - floor(x)`` (section 2.5)."""
+    """Round to nearest (ties to even) or stochastically: up with probability ``x - floor(x)``
+    (``sec-quant-basics-noise``)."""
     if rounding == "nearest":
         return torch.round(x)
     if rounding == "stochastic":
@@ -98,7 +100,7 @@ def quantize(
     x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int = 8, signed: bool = True,
     rounding: str = "nearest", generator: torch.Generator | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """``q = clamp(round(x / s) + z, q_min, q_max)`` as an int32 tensor (section 2.4)."""
+    """``q = clamp(round(x / s) + z, q_min, q_max)`` as an int32 tensor (``sec-quant-basics-affine``)."""
     q_min, q_max = qrange(bits, signed)
     q = round_values(x / scale, rounding, generator) + zero_point
     return q.clamp(q_min, q_max).to(torch.int32)
@@ -114,7 +116,7 @@ def fake_quantize(
     group_size: int | None = None, lo: torch.Tensor | None = None, hi: torch.Tensor | None = None,
     rounding: str = "nearest",
 ) -> torch.Tensor:  # fmt: skip
-    """Quantize then dequantize ``x`` in one call: what the model computes with (section 2.4).
+    """Quantize then dequantize ``x`` in one call: what the model computes with (``sec-quant-basics-affine``).
 
     The range ``[lo, hi]`` defaults to the min and max of each tensor, channel (``axis``) or group
     (``group_size``); pass a clipped range (from an observer) to trade clipping for rounding error.
@@ -134,7 +136,7 @@ def fake_quantize(
 
 
 def fixed_point(x: torch.Tensor, frac_bits: int, bits: int = 8) -> torch.Tensor:
-    """The seeds' fixed-point format ``Q(x) = round(x * 2^p)``, as the scale ``s = 2^-p`` (section 2.2).
+    """Fixed point ``Q(x) = round(x * 2^p)``, written as the scale ``s = 2^-p`` (``sec-quant-basics-fixed-point``).
 
     The integers only mean something together with ``p``: this returns the values they stand for.
     A fixed ``p`` ignores the data's range, so large values clip at ``q_max * 2^-p``.
@@ -146,6 +148,6 @@ def fixed_point(x: torch.Tensor, frac_bits: int, bits: int = 8) -> torch.Tensor:
 
 
 def sqnr_db(x: torch.Tensor, x_hat: torch.Tensor) -> float:
-    """Signal-to-quantization-noise ratio ``10 log10(E[x^2] / E[(x - x_hat)^2])`` in dB (section 2.5)."""
+    """Signal-to-quantization-noise ratio ``10 log10(E[x^2] / E[(x - x_hat)^2])`` in dB (``sec-quant-basics-noise``)."""
     noise = (x.float() - x_hat.float()).pow(2).mean().item()
     return math.inf if noise == 0 else 10 * math.log10(x.float().pow(2).mean().item() / noise)

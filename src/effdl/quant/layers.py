@@ -1,4 +1,4 @@
-"""Quantized layers for simulation and quantization-aware training (Chapter 3).
+"""Quantized layers for simulation and quantization-aware training (``chap-quant-cnn``).
 
 A :class:`QuantLayer` wraps a trained ``nn.Conv2d`` or ``nn.Linear``: its weight passes through a
 :class:`WeightQuantizer` and its input through an :class:`ActQuantizer` before the float op runs,
@@ -23,12 +23,15 @@ WEIGHT_FORMATS = ("int", "ternary", "binary")
 
 def fake_quantize_ste(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, q_min: int,
                       q_max: int) -> torch.Tensor:  # fmt: skip
-    """Fake-quantize with the straight-through estimator (section 3.5): rounding is the identity backward,
+    """Fake-quantize with the straight-through estimator (``sec-quant-cnn-qat``): rounding is the identity backward,
     so the gradient is 1 where the code is inside the grid and 0 where it is clipped.
 
     When ``scale`` is a parameter, autograd gives it the LSQ gradient (Esser et al., 2020): ``q - x/s``
     inside the range, ``q_min - z`` or ``q_max - z`` where clipped.
     """
+    if not (torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad)):
+        # inference: the same values in fewer passes over x (the gradient bookkeeping below is exactly zero)
+        return (torch.clamp(torch.round(x / scale) + zero_point, q_min, q_max) - zero_point) * scale
     scaled = x / scale
     code = torch.round(scaled).detach() + zero_point
     inside = (code >= q_min) & (code <= q_max)
@@ -183,7 +186,7 @@ class QuantLayer(nn.Module):
 
 
 def fold_bn(conv: nn.Conv2d | nn.Linear, bn: nn.BatchNorm2d | nn.BatchNorm1d) -> nn.Conv2d | nn.Linear:
-    """A copy of ``conv`` that computes ``bn(conv(x))`` in inference mode (section 3.2).
+    """A copy of ``conv`` that computes ``bn(conv(x))`` in inference mode (``sec-quant-cnn-folding``).
 
     ``bn(y) = gamma (y - mu) / sqrt(var + eps) + beta`` is a per-channel affine map, so it folds
     into the weights (scaled by ``gamma / sigma`` per output channel) and the bias.

@@ -1,4 +1,4 @@
-"""Quantizing language models: weight-only RTN and GPTQ, outliers and SmoothQuant (Chapter 4).
+"""Quantizing language models: weight-only RTN and GPTQ, outliers and SmoothQuant (``chap-quant-llm``).
 
 Works on any model whose projections are ``nn.Linear``: the book's char-level GPT and SmolLM2
 (``LlamaForCausalLM``). For perplexity, weights are replaced by their dequantized values (exact
@@ -23,7 +23,8 @@ from effdl.quant.pack import packed_bytes
 
 
 def rtn(weight: torch.Tensor, bits: int, group_size: int | None = None) -> torch.Tensor:
-    """Round-to-nearest, asymmetric min-max per output row or per ``group_size`` inputs (section 4.2)."""
+    """Round-to-nearest, asymmetric min-max per output row or per ``group_size`` inputs
+    (``sec-quant-llm-weight-only``)."""
     if group_size is None:
         return fake_quantize(weight, bits, signed=False, symmetric=False, axis=0)
     return fake_quantize(weight, bits, signed=False, symmetric=False, group_size=group_size)
@@ -43,7 +44,7 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int
     factor of ``H^-1``. ``damp`` (a fraction of the mean diagonal) keeps ``H`` invertible; updates
     to later columns are applied once per block of ``block_size`` columns. ``act_order`` visits
     columns by decreasing ``H[j, j]`` (the inputs with the most energy first) with each group's
-    grid fixed from the original weights, so groups stay contiguous in storage (section 4.3).
+    grid fixed from the original weights, so groups stay contiguous in storage (``sec-quant-llm-gptq``).
     """
     rows, cols = weight.shape
     if hessian.shape != (cols, cols):
@@ -118,24 +119,42 @@ def _first_block_inputs(model: nn.Module, blocks, batches: Iterable[Batch]) -> l
 
 @torch.no_grad()
 def gptq_sequential_(model: nn.Module, batches: Iterable[Batch], bits: int, group_size: int | None = None,
-                     act_order: bool = True, damp: float = 0.01) -> nn.Module:  # fmt: skip
+                     act_order: bool = True, damp: float = 0.01, blocks: int | None = None) -> nn.Module:  # fmt: skip
     """GPTQ block by block: each block is calibrated on the outputs of the already-quantized blocks before it.
 
     Errors of early blocks then show up in the Hessians of later ones, which can compensate
-    for them; one forward pass per block over the calibration set (section 4.3).
+    for them; one forward pass per block over the calibration set (``sec-quant-llm-gptq``). Linears that
+    read the same input (q, k and v; gate and up) share one Hessian and GPTQ treats rows independently,
+    so they are quantized as one stacked matrix: the same result, one column loop instead of several.
+    ``blocks`` quantizes only the first ``blocks`` transformer blocks (``None``: all of them).
     """
-    blocks = transformer_blocks(model)
-    inputs = _first_block_inputs(model, blocks, batches)
+    stack = list(transformer_blocks(model))[:blocks]
+    inputs = _first_block_inputs(model, stack, batches)
     if not inputs:
         raise ValueError("batches must not be empty")
-    for block in blocks:
+    for block in stack:
         linears = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
         stats = input_stats(block, linears, [(args, kwargs) for args, kwargs in inputs], call=True)
-        for name, layer in linears.items():
-            layer.weight.copy_(gptq(layer.weight, stats[name].hessian, bits, group_size, damp=damp,
-                                    act_order=act_order))  # fmt: skip
+        for names in _same_input(stats):
+            weights = [linears[n].weight for n in names]
+            stacked = gptq(torch.cat(weights), stats[names[0]].hessian, bits, group_size, damp=damp,
+                           act_order=act_order)  # fmt: skip
+            for weight, part in zip(weights, stacked.split([w.shape[0] for w in weights]), strict=True):
+                weight.copy_(part)
         inputs = [_with_hidden(block(*args, **kwargs), args, kwargs) for args, kwargs in inputs]
     return model
+
+
+def _same_input(stats: dict[str, InputStats]) -> list[list[str]]:
+    """Layer names grouped by identical input statistics: the layers that read one tensor (q, k, v)."""
+    groups: list[list[str]] = []
+    for name, s in stats.items():
+        same = next((g for g in groups if torch.equal(stats[g[0]].hessian, s.hessian)), None)
+        if same is None:
+            groups.append([name])
+        else:
+            same.append(name)
+    return groups
 
 
 def _with_hidden(output, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -148,15 +167,22 @@ def _with_hidden(output, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
 
 @torch.no_grad()
 def quantize_weights_(model: nn.Module, method: str, bits: int, group_size: int | None = None,
-                      calibration: Iterable[Batch] | None = None) -> nn.Module:  # fmt: skip
-    """Replace the weights of the block linears in place by their RTN or (sequential) GPTQ values."""
+                      calibration: Iterable[Batch] | None = None, blocks: int | None = None) -> nn.Module:  # fmt: skip
+    """Replace the weights of the block linears in place by their RTN or (sequential) GPTQ values.
+
+    ``blocks`` limits both to the linears of the first ``blocks`` transformer blocks (``None``: every block).
+    """
     if method not in ("rtn", "gptq"):
         raise ValueError(f"method must be 'rtn' or 'gptq', got {method!r}")
+    if blocks is not None and (not isinstance(blocks, int) or blocks <= 0):
+        raise ValueError(f"blocks must be a positive int or None, got {blocks!r}")
     if method == "gptq":
         if calibration is None:
             raise ValueError("gptq needs calibration batches: pass calibration=...")
-        return gptq_sequential_(model, calibration, bits, group_size)
-    for layer in block_linears(model).values():
+        return gptq_sequential_(model, calibration, bits, group_size, blocks=blocks)
+    chosen = block_linears(model).values() if blocks is None else [
+        m for block in list(transformer_blocks(model))[:blocks] for m in block.modules() if isinstance(m, nn.Linear)]
+    for layer in chosen:
         layer.weight.copy_(rtn(layer.weight, bits, group_size))
     return model
 
@@ -187,7 +213,7 @@ def smoothing_pairs(model: nn.Module) -> list[tuple[nn.Module, list[str]]]:
 
     Pre-norms feed the attention and MLP input projections; in a Llama MLP, ``up_proj``'s output
     rows also scale the input of ``down_proj`` exactly (``silu(gate) * up / s``), which is where
-    SmolLM2's largest activations live (section 4.5).
+    SmolLM2's largest activations live (``sec-quant-llm-outliers``).
     """
     names = {m: n for n, m in model.named_modules()}
     pairs = []
@@ -235,7 +261,8 @@ def quantize_activation(x: torch.Tensor, per_token: bool = False, bits: int = 8)
 
 @torch.no_grad()
 def w8a8_(model: nn.Module, per_token: bool = False) -> nn.Module:
-    """Simulated W8A8 on the block linears: int8 per-channel weights, int8 dynamic activations (section 4.5)."""
+    """Simulated W8A8 on the block linears: int8 per-channel weights, int8 dynamic activations
+    (``sec-quant-llm-w8a8``)."""
     for layer in block_linears(model).values():
         layer.weight.copy_(fake_quantize(layer.weight, 8, axis=0))
         layer.register_forward_pre_hook(lambda _m, args: (quantize_activation(args[0], per_token),))
@@ -246,7 +273,7 @@ def int8_dynamic(model: nn.Module) -> nn.Module:
     """A copy of ``model`` whose ``nn.Linear`` layers run real int8 kernels (FBGEMM/oneDNN, CPU).
 
     Weights are stored as int8 per channel; each call quantizes its input per tensor on the fly
-    (dynamic quantization), so no calibration is needed (section 4.6). The API,
+    (dynamic quantization), so no calibration is needed (``sec-quant-llm-speed``). The API,
     ``torch.ao.quantization.quantize_dynamic``, is deprecated in favour of torchao's
     ``quantize_(model, Int8DynamicActivationInt8WeightConfig())``, which is the faster route on GPU
     and with ``torch.compile``; in eager mode on CPU this is the one with fast kernels.
@@ -268,7 +295,7 @@ class WeightOnlyLinear(nn.Module):
 
     The input is cast to bf16, multiplied by the dequantized-on-the-fly weight inside the kernel
     (``torch._weight_int8pack_mm`` / ``aten._weight_int4pack_mm_for_cpu``), and cast back: only
-    the small integer codes are read from memory, which is what makes decoding faster (section 4.6).
+    the small integer codes are read from memory, which is what makes decoding faster (``sec-quant-llm-speed``).
     """
 
     def __init__(self, linear: nn.Linear, bits: int = 8, group_size: int = 64) -> None:

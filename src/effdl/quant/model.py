@@ -1,4 +1,6 @@
-"""Whole-model quantization: swap layers, calibrate, count bytes, fine-tune, run a real int8 engine (Chapter 3)."""
+"""Whole-model quantization: swap layers, calibrate, count bytes, run a real int8 engine (``chap-quant-cnn``).
+
+QAT fine-tunes the result with :func:`effdl.train.finetune` (``sec-quant-cnn-qat``)."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ class QuantConfig:
     """What :func:`quantize_model` does to each conv/linear layer.
 
     ``act_bits=None`` quantizes weights only; ``fold_bn=False`` leaves BatchNorm in float after the
-    quantized convolutions (what an engine never runs: Chapter 3's pitfall). ``percentile`` is used
+    quantized convolutions (what an engine never runs: a pitfall of ``chap-quant-cnn``). ``percentile`` is used
     by percentile observers. ``only`` restricts quantization to the named layers (a sensitivity scan
     quantizes one at a time); ``skip`` keeps the named layers in float.
     """
@@ -151,7 +153,7 @@ def expected_weight_bytes(model: nn.Module) -> int:
 def int8_engine(model: nn.Module, calibration: Iterable, example: torch.Tensor, backend: str = "x86") -> nn.Module:
     """A truly int8 model for CPU: ``torch.ao`` FX graph-mode PTQ, per-channel weights, min-max activations.
 
-    The kernels are oneDNN / FBGEMM int8 convolutions and matmuls (section 3.6). This API
+    The kernels are oneDNN / FBGEMM int8 convolutions and matmuls (``sec-quant-cnn-engine``). This API
     (``torch.ao.quantization.quantize_fx``) is deprecated in favour of PT2E export quantization
     in torchao, which reaches the same kernels through ``torch.compile``; it is the eager route.
     """

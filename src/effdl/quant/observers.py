@@ -1,4 +1,5 @@
-"""Range choice: observers that watch tensors and propose the range ``[lo, hi]`` to quantize (section 2.7).
+"""Range choice: observers that watch tensors and propose the range ``[lo, hi]`` to quantize
+(``sec-quant-basics-observers``).
 
 Every observer has ``update(x)`` (call it on each calibration batch) and ``range()``. ``axis``
 keeps one range per slice along that axis (per channel); ``None`` keeps one for the tensor.

@@ -1,4 +1,4 @@
-"""Storing low-bit integers densely: 8 / bits values per byte (section 2.8 and Chapter 3).
+"""Storing low-bit integers densely: 8 / bits values per byte (``sec-quant-basics-packing``, ``chap-quant-cnn``).
 
 A tensor of int4 codes kept in an int8 (or int32) tensor takes 1 (or 4) bytes per value; the
 saving that quantization promises only exists once the codes are packed.
