@@ -26,7 +26,6 @@ from effdl.quant import core, llm
 
 NOTEBOOK = "04_quant_llm"
 MODELS = ("gpt-shakespeare", "smollm2")
-CPU = torch.device("cpu")  # the low-bit decoding kernels are CPU kernels, so decoding runs there
 
 RTN_VARIANTS = {"int8, per row": (8, None), "int4, group 128": (4, 128), "int4, group 64": (4, 64),
                 "int4, group 32": (4, 32)}  # fmt: skip
