@@ -19,7 +19,7 @@ from torch import nn
 from effdl import bench as measure_bench
 from effdl import claims, data, lm, stats, train, zoo
 from effdl.config import pick
-from effdl.experiments._shared import LM_NAMES, fmnist_accuracy, fmnist_correct, lm_suite
+from effdl.experiments._shared import LM_NAMES, fmnist_accuracy, fmnist_batches, fmnist_correct, lm_suite
 from effdl.prune import llm as prune_llm
 from effdl.prune import recipes, structured
 from effdl.prune.masks import MaskKeeper, apply_masks_, magnitude_scores, nm_compatible, nm_masks, prunable, sparsity
@@ -46,6 +46,11 @@ def example_inputs() -> dict[int, torch.Tensor]:
 def macs(model: nn.Module) -> float:
     """Multiply-accumulates of one forward pass at batch 1 (half the FLOPs of :func:`effdl.bench.flops`)."""
     return measure_bench.flops(model, zoo.example_input("resnet-fmnist")) / 2
+
+
+def n_test_images() -> int:
+    """How many test images every accuracy here is measured on (10,000 full, 2,000 fast)."""
+    return sum(len(y) for _, y in fmnist_batches("test"))
 
 
 def score_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
