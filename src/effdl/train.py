@@ -61,7 +61,7 @@ def evaluate(
     autocast: torch.dtype | None = None,
 ) -> dict[str, float]:  # fmt: skip
     """Mean loss (nats per target) and accuracy (fraction of correct argmax) over ``batches``."""
-    dev = device or next(model.parameters()).device
+    dev = device or next(model.parameters(), torch.empty(0)).device  # a converted int8 model has no parameters
     was_training = model.training
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
@@ -84,7 +84,7 @@ def correct(model: nn.Module, batches: Iterable[Batch], device: torch.device | N
 
     What McNemar's test (:func:`effdl.stats.mcnemar`) compares for two models on one test set.
     """
-    dev = device or next(model.parameters()).device
+    dev = device or next(model.parameters(), torch.empty(0)).device  # a converted int8 model has no parameters
     was_training = model.training
     model.eval()
     hits = [(model(x.to(dev)).argmax(-1) == y.to(dev)).flatten().cpu() for x, y in batches]
