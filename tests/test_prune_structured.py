@@ -188,7 +188,7 @@ def test_window_losses_give_the_perplexity_and_a_paired_verdict():
 
     model = GPT(GPTConfig(vocab_size=16, context=8, n_layer=1, n_head=2, n_embd=16)).eval()
     windows = lm.token_windows(torch.randint(0, 16, (200,)), 8, 12, batch_size=5)
-    losses = ex.window_losses(model, windows)
+    losses = lm.window_losses(model, windows)
     assert losses.shape == (12,)
     assert torch.exp(losses.mean()).item() == pytest.approx(lm.perplexity(model, windows), rel=1e-6)
     base = torch.linspace(1.0, 2.0, 12, dtype=torch.float64)

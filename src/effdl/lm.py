@@ -39,6 +39,20 @@ def perplexity(model: nn.Module, batches: Iterable[Batch]) -> float:
     return math.exp(total / count)
 
 
+@torch.no_grad()
+def window_losses(model: nn.Module, batches: Iterable[Batch]) -> torch.Tensor:
+    """Mean next-token loss (nats) of each window in ``batches``, as float64: ``exp`` of their mean is
+    :func:`perplexity` when every window has the same length, and their spread gives a perplexity
+    difference its standard error (``sec-prune-structured-llm``)."""
+    dev = next(model.parameters()).device
+    losses = []
+    for x, y in batches:
+        logits = logits_of(model, x.to(dev)).float()
+        token = F.cross_entropy(logits.transpose(1, 2), y.to(dev), reduction="none")
+        losses.append(token.mean(1).cpu())
+    return torch.cat(losses).double()
+
+
 def token_windows(ids: torch.Tensor, seq_len: int, n_windows: int, batch_size: int = 8) -> list[Batch]:
     """The first ``n_windows`` non-overlapping windows of a 1-D token stream, as LM batches."""
     if seq_len <= 0 or n_windows <= 0 or batch_size <= 0:

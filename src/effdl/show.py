@@ -8,8 +8,6 @@ from typing import Any
 
 from IPython.display import Code, display
 
-_shown: list[str] = []
-
 
 def show(obj: Any) -> None:
     """Display the highlighted source of a function, class or method of ``effdl`` (or anything importable).
@@ -23,12 +21,6 @@ def show(obj: Any) -> None:
         raise ValueError(f"obj must be a Python function, class or method with source, got {obj!r}") from err
     code = Code(inspect.cleandoc(source) if source.startswith((" ", "\t")) else source, language="python")
     display(code)
-    _shown.append(getattr(obj, "__qualname__", repr(obj)))
-
-
-def shown() -> list[str]:
-    """Names of everything :func:`show` displayed in this process, in order."""
-    return list(_shown)
 
 
 def glue(name: str, value: Any) -> Any:

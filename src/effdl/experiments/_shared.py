@@ -31,6 +31,18 @@ def fmnist_correct(model: nn.Module, split: str = "test") -> torch.Tensor:
     return train.correct(model, fmnist_batches(split))
 
 
+def n_test_images() -> int:
+    """How many test images :func:`fmnist_accuracy` measures on (10,000 full, 2,000 fast)."""
+    return sum(len(y) for _, y in fmnist_batches("test"))
+
+
+def score_batches(images: int | None = None, batch_size: int = 128) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Labelled train-split batches for gradient-based pruning scores (Taylor, OBD) and BatchNorm
+    re-estimation: 512 images fast, 4,096 full, in a fixed shuffled order."""
+    subset = data.fashion_mnist("train", limit=images or pick(fast=512, full=4096))
+    return list(data.loader(subset, batch_size, shuffle=True, seed=1))
+
+
 def calibration_images(images: int | None = None, batch_size: int = 256) -> list[torch.Tensor]:
     """Unlabelled Fashion-MNIST images from the *train* split for calibration: 512 fast, 2,048 full.
     The test split is never used to choose anything."""

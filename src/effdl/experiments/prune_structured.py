@@ -19,7 +19,13 @@ from torch import nn
 from effdl import bench as measure_bench
 from effdl import claims, data, lm, stats, train, zoo
 from effdl.config import pick
-from effdl.experiments._shared import LM_NAMES, fmnist_accuracy, fmnist_batches, fmnist_correct, lm_suite
+from effdl.experiments._shared import (
+    LM_NAMES,
+    fmnist_accuracy,
+    fmnist_correct,
+    lm_suite,
+    score_batches,
+)
 from effdl.prune import llm as prune_llm
 from effdl.prune import recipes, structured
 from effdl.prune.masks import MaskKeeper, apply_masks_, magnitude_scores, nm_compatible, nm_masks, prunable, sparsity
@@ -46,17 +52,6 @@ def example_inputs() -> dict[int, torch.Tensor]:
 def macs(model: nn.Module) -> float:
     """Multiply-accumulates of one forward pass at batch 1 (half the FLOPs of :func:`effdl.bench.flops`)."""
     return measure_bench.flops(model, zoo.example_input("resnet-fmnist")) / 2
-
-
-def n_test_images() -> int:
-    """How many test images every accuracy here is measured on (10,000 full, 2,000 fast)."""
-    return sum(len(y) for _, y in fmnist_batches("test"))
-
-
-def score_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Train-split batches for the Taylor criterion and BN re-estimation: 512 images fast, 4,096 full."""
-    subset = data.fashion_mnist("train", limit=pick(fast=512, full=4096))
-    return list(data.loader(subset, 128, shuffle=True, seed=1))
 
 
 def val_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -266,19 +261,6 @@ def semi_structured_comparison(model: nn.Module) -> dict[str, object]:
 # --- language models: Wanda against magnitude (sec-prune-structured-llm) -------------------------
 
 
-@torch.no_grad()
-def window_losses(model: nn.Module, batches: Iterable[lm.Batch]) -> torch.Tensor:
-    """Mean next-token loss (nats) of each held-out window; ``exp`` of their mean is
-    :func:`effdl.lm.perplexity` (every window has the same length)."""
-    dev = next(model.parameters()).device
-    losses = []
-    for x, y in batches:
-        logits = lm.logits_of(model, x.to(dev)).float()
-        token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y.to(dev), reduction="none")
-        losses.append(token.mean(1).cpu())
-    return torch.cat(losses).double()
-
-
 @dataclass
 class LLMPruning:
     """Per-window held-out losses of one language model, dense and pruned by each method and pattern."""
@@ -301,11 +283,11 @@ def llm_pruning(name: str) -> LLMPruning:
     """Held-out losses of ``gpt-shakespeare`` or ``smollm2`` dense and pruned by magnitude and Wanda,
     at 50 % unstructured and 2:4 (``sec-prune-structured-llm``); Wanda calibrates on train-split windows."""
     model, test, calibration = lm_suite(name)
-    losses = {"dense": window_losses(model, test)}
+    losses = {"dense": lm.window_losses(model, test)}
     for method in prune_llm.METHODS:
         for pattern, nm in PATTERNS.items():
             pruned = prune_llm.prune_llm_(copy.deepcopy(model), method, 0.5, nm, calibration)
-            losses[f"{method} {pattern}"] = window_losses(pruned, test)
+            losses[f"{method} {pattern}"] = lm.window_losses(pruned, test)
     return LLMPruning(name, losses)
 
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from effdl import claims, data, stats, train, zoo
+from effdl import claims, stats, train, zoo
 from effdl.config import pick, seed_everything
-from effdl.experiments._shared import fmnist_accuracy, fmnist_batches, fmnist_correct
+from effdl.experiments._shared import fmnist_accuracy, fmnist_batches, fmnist_correct, score_batches
 from effdl.prune import recipes, storage
 from effdl.prune.masks import (
     MaskKeeper,
@@ -56,12 +56,6 @@ def resnet() -> nn.Module:
 def sparsities() -> list[float]:
     """The sparsities of the one-shot curves: 50 % to 98 % in full mode, three of them in fast mode."""
     return pick(fast=[0.5, 0.8, 0.9], full=[0.5, 0.7, 0.8, 0.9, 0.95, 0.98])
-
-
-def score_batches(images: int | None = None, batch_size: int = 128) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Train-split batches for gradient-based scores (Taylor, OBD) and BN re-estimation: 512 images fast, 4,096 full."""
-    subset = data.fashion_mnist("train", limit=images or pick(fast=512, full=4096))
-    return list(data.loader(subset, batch_size, shuffle=True, seed=1))
 
 
 def all_scores(model: nn.Module, batches: list) -> dict[str, Scores]:
