@@ -29,6 +29,13 @@ def test_time_fn_finds_the_median_of_a_known_duration():
         bench.time_fn(lambda: None, min_run_time=0)
 
 
+def test_time_fn_gives_a_spread_when_one_call_outlasts_the_budget():
+    calls = []
+    timing = bench.time_fn(lambda: (calls.append(1), time.sleep(0.03)), min_run_time=0.02, warmup=0)
+    assert len(timing.times) == bench.MIN_BLOCKS and 0.03 <= timing.median < 0.045
+    assert len(calls) <= bench.MIN_BLOCKS + 2  # the Timer's block-size estimate, then one call per block
+
+
 def test_latency_and_throughput_of_a_model_with_known_speed():
     model = Sleeper(0.004)
     batch = torch.zeros(32, 3)

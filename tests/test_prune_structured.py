@@ -219,16 +219,16 @@ def test_headline_claims_fail_without_a_speed_up():
     from effdl import claims
     from effdl.experiments import prune_structured as ex
 
-    correct = torch.ones(100, dtype=torch.bool)
+    correct, big = torch.ones(100, dtype=torch.bool), ex.BATCH_THROUGHPUT
     good = ex.Headline({n: nn.Identity() for n in ("dense", "ours", "Torch-Pruning")}, dict.fromkeys(("dense", "ours",
                        "Torch-Pruning"), correct), {"dense": 4.0, "ours": 1.0, "Torch-Pruning": 1.0},
                        dict.fromkeys(("dense", "ours", "Torch-Pruning"), 1),
                        {1: {"dense": 2.0, "ours": 1.0, "Torch-Pruning": 1.0},
-                        256: {"dense": 2.0, "ours": 1.0, "Torch-Pruning": 1.0}})  # fmt: skip
+                        big: {"dense": 2.0, "ours": 1.0, "Torch-Pruning": 1.0}})  # fmt: skip
     ex.check_headline(good)
-    assert good.speedup("ours", 256) == 2.0 and good.table()["dense"]["ms @256"] == 2000.0
+    assert good.speedup("ours", big) == 2.0 and good.table()["dense"][f"ms @{big}"] == 2000.0
     slow = copy.deepcopy(good)
-    slow.latency[256]["ours"] = 2.0
+    slow.latency[big]["ours"] = 2.0
     with pytest.raises(claims.ClaimFailed, match="speed-up"):
         ex.check_headline(slow)
 

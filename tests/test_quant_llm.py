@@ -48,10 +48,12 @@ def test_token_windows_shift_targets_by_one():
 def test_input_stats_hessian_is_x_transpose_x_over_n():
     layer = nn.Sequential(nn.Linear(6, 3))
     x = torch.randn(5, 4, 6)
-    stats = lm.input_stats(layer, ["0"], [(x, None)])["0"]
+    stats = lm.input_stats(layer, ["0"], [(x, None)], hessian=True)["0"]
     flat = x.reshape(-1, 6)
     torch.testing.assert_close(stats.hessian, flat.T @ flat / 20)
     torch.testing.assert_close(stats.absmax, flat.abs().amax(0))
+    torch.testing.assert_close(stats.mean_square, stats.hessian.diagonal())
+    assert lm.input_stats(layer, ["0"], [(x, None)])["0"].hessian is None  # the d x d matmul only when asked
 
 
 def test_gptq_with_identity_hessian_is_rtn():

@@ -52,15 +52,18 @@ def _sync(device: torch.device | str | None) -> None:
         torch.cuda.synchronize()
 
 
-def time_fn(fn: Callable[[], Any], *, min_run_time: float | None = None, warmup: int = 3,
+def time_fn(fn: Callable[[], Any], *, min_run_time: float | None = None, warmup: int | None = None,
             device: torch.device | str | None = None) -> Timing:  # fmt: skip
-    """Time ``fn()`` with ``torch.utils.benchmark.Timer.blocked_autorange`` after ``warmup`` calls.
+    """Time ``fn()`` with ``torch.utils.benchmark.Timer.blocked_autorange`` after ``warmup`` calls
+    (default 3, 1 in fast mode).
 
     The Timer uses all of torch's threads (its default is one) and synchronizes CUDA itself. When
-    its block-size estimate leaves fewer than ``MIN_BLOCKS`` blocks, the call is re-timed in
-    ``MIN_BLOCKS`` equal blocks, so the interquartile range always measures something.
+    it returns fewer than ``MIN_BLOCKS`` blocks (one call outlasts the budget, or a noisy overhead
+    estimate made one huge block), the missing blocks are timed and merged in, so the interquartile
+    range always measures something.
     """
     min_run_time = pick(fast=0.1, full=1.0) if min_run_time is None else min_run_time
+    warmup = pick(fast=1, full=3) if warmup is None else warmup
     if min_run_time <= 0 or warmup < 0:
         raise ValueError(f"min_run_time must be > 0 and warmup >= 0, got {min_run_time}, {warmup}")
     for _ in range(warmup):
@@ -68,9 +71,10 @@ def time_fn(fn: Callable[[], Any], *, min_run_time: float | None = None, warmup:
     _sync(device)
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     m = timer.blocked_autorange(min_run_time=min_run_time)
-    if len(m.times) < MIN_BLOCKS:  # a noisy overhead estimate made one huge block: no spread to report
+    if len(m.times) < MIN_BLOCKS:  # Timer.timeit would warm up again before each block: time them here
         calls = max(1, int(min_run_time / MIN_BLOCKS / m.median))
-        m = benchmark.Measurement.merge([timer.timeit(calls) for _ in range(MIN_BLOCKS)])[0]
+        extra = [sum(call_times(fn, calls, device=device)) / calls for _ in range(MIN_BLOCKS - len(m.times))]
+        m = benchmark.Measurement(number_per_run=1, raw_times=[*m.times, *extra], task_spec=m.task_spec)
     return Timing(median=m.median, iqr=m.iqr, times=tuple(m.times))
 
 
@@ -101,7 +105,7 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def latency(model: nn.Module, example: torch.Tensor, *, min_run_time: float | None = None,
-            warmup: int = 3) -> Timing:  # fmt: skip
+            warmup: int | None = None) -> Timing:  # fmt: skip
     """Seconds for one forward pass of ``model`` on ``example`` (inference mode)."""
     model.eval()
     dev = _model_device(model)
@@ -269,7 +273,7 @@ def memory_bandwidth(device: torch.device | str = "cpu", mib: int | None = None)
 
 def matmul_gflops(dtype: torch.dtype, device: torch.device | str = "cpu", n: int | None = None) -> float:
     """GFLOP/s of an ``n x n`` by ``n x n`` matmul (2 n^3 FLOPs) in ``dtype``."""
-    n = pick(fast=1024, full=2048, gpu=8192) if n is None else n
+    n = pick(fast=512, full=2048, gpu=8192) if n is None else n
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
     a = torch.randn(n, n, device=device).to(dtype)

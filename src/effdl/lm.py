@@ -72,16 +72,20 @@ def block_linears(model: nn.Module) -> dict[str, nn.Linear]:
 
 @dataclass
 class InputStats:
-    """What calibration learns about one layer's inputs: ``X^T X / n`` and the per-channel max |x|."""
+    """What calibration learns about one layer's inputs ``X`` (``n`` rows): the per-channel mean square
+    ``diag(XᵀX) / n`` (Wanda), the per-channel max |x| (SmoothQuant), and, when asked for, ``XᵀX / n`` (GPTQ)."""
 
-    hessian: torch.Tensor
+    mean_square: torch.Tensor
     absmax: torch.Tensor
+    hessian: torch.Tensor | None = None
     rows: int = 0
 
 
 @torch.no_grad()
-def input_stats(model: nn.Module, names: Iterable[str], batches: Iterable, call: bool = False) -> dict[str, InputStats]:
-    """Run ``batches`` through ``model`` and accumulate :class:`InputStats` for the named linears.
+def input_stats(model: nn.Module, names: Iterable[str], batches: Iterable, call: bool = False,
+                hessian: bool = False) -> dict[str, InputStats]:  # fmt: skip
+    """Run ``batches`` through ``model`` and accumulate :class:`InputStats` for the named linears; the
+    ``d × d`` Hessian ``XᵀX / n`` only with ``hessian=True`` (it costs a matmul as large as the layer's own).
 
     Batches are ``(inputs, targets)`` pairs, or with ``call=True`` ``(args, kwargs)`` to call ``model`` with.
     """
@@ -92,10 +96,15 @@ def input_stats(model: nn.Module, names: Iterable[str], batches: Iterable, call:
     def hook(name: str):
         def record(module: nn.Module, args: tuple) -> None:
             x = args[0].detach().flatten(0, -2).float()
-            s = stats.setdefault(name, InputStats(torch.zeros(x.shape[1], x.shape[1], device=x.device),
-                                                  torch.zeros(x.shape[1], device=x.device)))  # fmt: skip
-            s.hessian += x.T @ x
+            s = stats.get(name)
+            if s is None:
+                zeros = torch.zeros(x.shape[1], device=x.device)
+                square = torch.zeros(x.shape[1], x.shape[1], device=x.device) if hessian else None
+                s = stats[name] = InputStats(zeros, zeros.clone(), square)
+            s.mean_square += x.pow(2).sum(0)
             s.absmax = torch.maximum(s.absmax, x.abs().amax(0))
+            if s.hessian is not None:
+                s.hessian += x.T @ x
             s.rows += x.shape[0]
 
         return record
@@ -110,7 +119,9 @@ def input_stats(model: nn.Module, names: Iterable[str], batches: Iterable, call:
         for h in hooks:
             h.remove()
     for s in stats.values():
-        s.hessian /= max(s.rows, 1)
+        s.mean_square /= max(s.rows, 1)
+        if s.hessian is not None:
+            s.hessian /= max(s.rows, 1)
     return stats
 
 

@@ -16,9 +16,9 @@ LM_NAMES = ("gpt-shakespeare", "smollm2")
 
 @functools.cache
 def fmnist_batches(split: str = "test") -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Fashion-MNIST ``split`` in batches of 1,000: all of it in full mode, the first 2,000 images in fast
-    mode. ``val`` is for choices, ``test`` for reporting only."""
-    return list(data.loader(data.fashion_mnist(split, limit=pick(fast=2000, full=None)), 1000))
+    """Fashion-MNIST ``split`` in batches of 1,000: all of it in full mode, the first 1,000 images in fast
+    mode (every chapter's fast accuracy). ``val`` is for choices, ``test`` for reporting only."""
+    return list(data.loader(data.fashion_mnist(split, limit=pick(fast=1000, full=None)), 1000))
 
 
 def fmnist_accuracy(model: nn.Module, split: str = "test") -> float:
@@ -32,7 +32,7 @@ def fmnist_correct(model: nn.Module, split: str = "test") -> torch.Tensor:
 
 
 def n_test_images() -> int:
-    """How many test images :func:`fmnist_accuracy` measures on (10,000 full, 2,000 fast)."""
+    """How many test images :func:`fmnist_accuracy` measures on (10,000 full, 1,000 fast)."""
     return sum(len(y) for _, y in fmnist_batches("test"))
 
 
@@ -59,7 +59,8 @@ def smollm2_windows(tokenizer, split: str, seq_len: int, n_windows: int, batch_s
 
 def lm_suite(name: str) -> tuple[nn.Module, list[lm.Batch], list[lm.Batch]]:
     """``(model, held-out test windows, calibration windows)`` for ``gpt-shakespeare`` or ``smollm2``:
-    test windows from the test split, calibration windows from the train split."""
+    test windows from the test split, calibration windows from the train split (fast mode: fewer and
+    shorter; two test windows for SmolLM2, whose every scored variant costs a forward pass over them)."""
     if name == "gpt-shakespeare":
         model, corpus = zoo.pretrained(name).model.eval(), data.shakespeare()
         context = model.cfg.context
@@ -68,6 +69,6 @@ def lm_suite(name: str) -> tuple[nn.Module, list[lm.Batch], list[lm.Batch]]:
     if name == "smollm2":
         model, tokenizer = models.smollm2()
         length = pick(fast=128, full=512)
-        test = smollm2_windows(tokenizer, "test", length, pick(fast=4, full=16), batch_size=4)
+        test = smollm2_windows(tokenizer, "test", length, pick(fast=2, full=16), batch_size=4)
         return model, test, smollm2_windows(tokenizer, "train", length, pick(fast=8, full=32), batch_size=4)
     raise ValueError(f"name must be one of {LM_NAMES}, got {name!r}")

@@ -4,7 +4,8 @@ ResNet and CNN, a real int8 engine's accuracy, speed and file size, and the chap
 :func:`baselines` and :func:`calibration` are where the trained models and the calibration images come
 from; each experiment below is a function the notebook and :func:`bench` both call, and the ``check_*``
 functions assert the chapter's claims for both. The ``self_check_*`` functions are the exercises' checks.
-Accuracies are the book's (:func:`effdl.train.accuracy`, a fraction) on the test split's :func:`batches`;
+Accuracies are the book's (:func:`effdl.train.accuracy`, a fraction) on the test split's shared
+:func:`~effdl.experiments._shared.fmnist_batches` (its first 1,000 images in fast mode);
 differences are reported in points (pt = 0.01).
 """
 
@@ -23,17 +24,15 @@ from torch import nn
 from effdl import bench as timing
 from effdl import claims, data, stats, train, zoo
 from effdl.config import pick
-from effdl.experiments._shared import calibration_images, fmnist_batches
+from effdl.experiments._shared import calibration_images, fmnist_accuracy, fmnist_batches, fmnist_correct
 from effdl.quant import QuantConfig, core, quantize_model
 from effdl.quant import model as qmodel
 from effdl.quant.layers import fold_batchnorms
 
 NOTEBOOK = "03_quant_cnn"
 MODELS = ("resnet-fmnist", "cnn-fmnist")
-CPU = torch.device("cpu")  # the int8 engine runs on the CPU only, so every model here does
 BATCH_THROUGHPUT = 256
 SPEED_BATCHES = (1, BATCH_THROUGHPUT)
-TEST_IMAGES = pick(fast=1000, full=None)  # fast: the first 1,000 of the shared test (and validation) images
 CALIBRATION_IMAGES = pick(fast=256, full=None)  # None: the shared default, 2,048 training images
 
 PTQ_CONFIGS = {
@@ -79,21 +78,9 @@ def calibration() -> list[torch.Tensor]:
     return calibration_images(CALIBRATION_IMAGES)
 
 
-def batches(split: str = "test") -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The Fashion-MNIST ``split`` batches every accuracy of the chapter is measured on: all of
-    :func:`~effdl.experiments._shared.fmnist_batches` in full mode, the first :data:`TEST_IMAGES` in fast mode."""
-    every = fmnist_batches(split)
-    return every if TEST_IMAGES is None else every[: max(1, TEST_IMAGES // len(every[0][1]))]
-
-
-def n_test_images() -> int:
-    """Number of test images every accuracy of the chapter is measured on."""
-    return sum(len(y) for _, y in batches())
-
-
 def accuracies(models: dict[str, nn.Module]) -> dict[str, float]:
     """Test accuracy (a fraction) of each model."""
-    return {name: train.accuracy(model, batches()) for name, model in models.items()}
+    return {name: fmnist_accuracy(model) for name, model in models.items()}
 
 
 def difference_from_torch(weight: torch.Tensor) -> float:
@@ -146,8 +133,8 @@ def ptq_observers(models: dict[str, nn.Module], calibration: list[torch.Tensor],
                   labels: tuple[str, ...] = PTQ_LABELS) -> PTQResult:  # fmt: skip
     """Each model at W8A8 with each variant of :data:`PTQ_CONFIGS` in ``labels`` (``sec-quant-cnn-ptq``);
     fast mode leaves out the percentile and MSE observers."""
-    fp32 = {name: train.correct(model, batches()) for name, model in models.items()}
-    quantized = {(name, label): train.correct(quantize_model(model, PTQ_CONFIGS[label], calibration), batches())
+    fp32 = {name: fmnist_correct(model) for name, model in models.items()}
+    quantized = {(name, label): fmnist_correct(quantize_model(model, PTQ_CONFIGS[label], calibration))
                  for name, model in models.items() for label in labels}  # fmt: skip
     return PTQResult(fp32, quantized)
 
@@ -170,7 +157,7 @@ def sensitivity_scan(model: nn.Module, bits: int = SCAN_BITS) -> dict[str, float
     """Test accuracy with ``bits``-bit weights in one layer at a time, everything else fp32
     (``sec-quant-cnn-sensitivity``)."""
     configs = {name: QuantConfig(weight_bits=bits, act_bits=None, only=(name,)) for name in layer_names(model)}
-    return {name: train.accuracy(quantize_model(model, config), batches()) for name, config in configs.items()}
+    return {name: fmnist_accuracy(quantize_model(model, config)) for name, config in configs.items()}
 
 
 def qat_finetune(quantized: nn.Module) -> nn.Module:
@@ -195,9 +182,9 @@ def qat_chart(model: nn.Module, calibration: list[torch.Tensor],
     chart = {}
     for label in labels:
         quantized = quantize_model(model, QAT_FORMATS[label], calibration)
-        before, start = train.accuracy(quantized, batches()), time.perf_counter()
+        before, start = fmnist_accuracy(quantized), time.perf_counter()
         qat_finetune(quantized)
-        chart[label] = QATRow(before, train.accuracy(quantized, batches()), time.perf_counter() - start)
+        chart[label] = QATRow(before, fmnist_accuracy(quantized), time.perf_counter() - start)
     return chart
 
 
@@ -234,7 +221,7 @@ class EngineResult:
 
 @torch.no_grad()
 def _predictions(model: nn.Module) -> torch.Tensor:
-    return torch.cat([model(x).argmax(1) for x, _ in batches()])
+    return torch.cat([model(x).argmax(1) for x, _ in fmnist_batches()])
 
 
 def int8_engine(model: nn.Module, calibration: list[torch.Tensor]) -> EngineResult:
@@ -244,8 +231,8 @@ def int8_engine(model: nn.Module, calibration: list[torch.Tensor]) -> EngineResu
     simulated = quantize_model(model, QuantConfig(), calibration)
     agreement = (_predictions(engine) == _predictions(simulated)).double().mean().item()
     # the engine has no parameters to read a device from: name it
-    engine_correct = train.correct(engine, batches(), device=CPU)
-    return EngineResult(engine, simulated, engine_correct, train.correct(simulated, batches()), agreement)
+    engine_correct = fmnist_correct(engine)
+    return EngineResult(engine, simulated, engine_correct, fmnist_correct(simulated), agreement)
 
 
 def check_engine(result: EngineResult) -> float:
@@ -314,7 +301,7 @@ def scale_less(model: nn.Module) -> float:
         for module in broken.modules():
             if isinstance(module, nn.Conv2d | nn.Linear):
                 module.weight.copy_(torch.round(module.weight * 2**8).to(torch.int8).float() / 2**8)
-    return train.accuracy(broken, batches())
+    return fmnist_accuracy(broken)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -352,8 +339,8 @@ def selection_bias(model: nn.Module, sets: int = SELECTION_SETS, images: int = S
     for seed in range(sets):
         subset = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:images]]
         quantized = quantize_model(model, QuantConfig(act_bits=SELECTION_ACT_BITS), [subset])
-        val.append(train.accuracy(quantized, batches("val")))
-        correct.append(train.correct(quantized, batches()))
+        val.append(fmnist_accuracy(quantized, "val"))
+        correct.append(fmnist_correct(quantized))
         test.append(correct[-1].double().mean().item())
     return Selection(val, test, correct)
 
@@ -375,9 +362,9 @@ def folding_pitfall(model: nn.Module, bits: int = 4) -> FoldingPitfall:
     scales (the pitfall of forgetting the folding, ``sec-quant-cnn-pitfalls``; and ``sec-quant-cnn-ptq``)."""
     config = QuantConfig(weight_bits=bits, act_bits=None, per_channel=False)
     return FoldingPitfall(
-        unfolded=train.correct(quantize_model(model, dataclasses.replace(config, fold_bn=False)), batches()),
-        folded=train.correct(quantize_model(model, config), batches()),
-        per_channel=train.correct(quantize_model(model, QuantConfig(weight_bits=bits, act_bits=None)), batches()),
+        unfolded=fmnist_correct(quantize_model(model, dataclasses.replace(config, fold_bn=False))),
+        folded=fmnist_correct(quantize_model(model, config)),
+        per_channel=fmnist_correct(quantize_model(model, QuantConfig(weight_bits=bits, act_bits=None))),
     )
 
 
@@ -399,7 +386,7 @@ def self_check_mixed_precision(quantized: nn.Module, within: float = 1.5) -> flo
            if m.weight_quant.fmt == "int" and m.weight_quant.bits <= SCAN_BITS]  # fmt: skip
     higher = len(layer_names(resnet)) - len(low)
     assert higher <= 2, f"{higher} layers are above {SCAN_BITS} bits or in float; keep at most 2 there"
-    accuracy, fp32 = train.accuracy(quantized, batches()), train.accuracy(resnet, batches())
+    accuracy, fp32 = fmnist_accuracy(quantized), fmnist_accuracy(resnet)
     gap = 100 * (fp32 - accuracy)
     assert gap <= within, f"{100 * accuracy:.2f} % is {gap:.2f} pt below fp32 ({100 * fp32:.2f} %); target {within} pt"
     print(f"passed: {100 * accuracy:.2f} % with {len(low)} layers at {SCAN_BITS} bits, {gap:+.2f} pt from fp32")
@@ -413,7 +400,7 @@ def self_check_lsq(with_lsq: nn.Module, without: nn.Module) -> stats.Paired:
         quants = [m.weight_quant for m in qmodel.quant_layers(model).values()]
         assert quants and all(q.fmt == "int" and q.bits == 3 for q in quants), "quantize every layer to 3-bit weights"
         assert all(q.learn_scale == learned for q in quants), f"learn_scales should be {learned} for this model"
-    paired = stats.mcnemar(train.correct(with_lsq, batches()), train.correct(without, batches()))
+    paired = stats.mcnemar(fmnist_correct(with_lsq), fmnist_correct(without))
     print(f"LSQ buys {100 * paired.difference:+.2f} pt (p = {paired.p_value:.3f}): {paired.verdict('better', 'worse')}")
     return paired
 

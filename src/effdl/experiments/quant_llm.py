@@ -33,7 +33,6 @@ RTN_VARIANTS = {"int8, per row": (8, None), "int4, group 128": (4, 128), "int4, 
 GPTQ_VARIANTS = {"int4, group 128": (4, 128), "int3, group 128": (3, 128)}
 RTN_LABELS = pick(fast=("int8, per row", "int4, group 128", "int4, group 32"), full=tuple(RTN_VARIANTS))
 GPTQ_BLOCKS = pick(fast=4, full=None)  # GPTQ and the RTN it is compared with touch the first blocks only (None: all)
-TEST_WINDOWS = pick(fast=2, full=None)  # held-out windows scored per SmolLM2 variant (None: all of lm_suite's)
 STATS_WINDOWS = pick(fast=2, full=None)  # calibration windows whose activation maxima SmoothQuant reads
 W8A8_VARIANTS = {  # label -> (SmoothQuant alpha or None, one activation scale per token)
     "per tensor, naive": (None, False),
@@ -95,7 +94,6 @@ def suites(names: tuple[str, ...] = MODELS) -> dict[str, Suite]:
     for name in names:
         model, test, calibration = lm_suite(name)
         model = model.to(device()).eval()
-        test = first_windows(test, TEST_WINDOWS) if name == "smollm2" else test
         result[name] = Suite(model, test, calibration, lm.perplexity(model, test))
     return result
 

@@ -134,7 +134,7 @@ def gptq_sequential_(model: nn.Module, batches: Iterable[Batch], bits: int, grou
         raise ValueError("batches must not be empty")
     for block in stack:
         linears = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
-        stats = input_stats(block, linears, [(args, kwargs) for args, kwargs in inputs], call=True)
+        stats = input_stats(block, linears, [(args, kwargs) for args, kwargs in inputs], call=True, hessian=True)
         for names in _same_input(stats):
             weights = [linears[n].weight for n in names]
             stacked = gptq(torch.cat(weights), stats[names[0]].hessian, bits, group_size, damp=damp,
