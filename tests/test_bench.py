@@ -130,3 +130,15 @@ def test_pareto_front_keeps_only_undominated_points():
     assert bench.pareto_front(costs, scores) == [0, 1, 4, 3]
     with pytest.raises(ValueError, match="equal length"):
         bench.pareto_front([1], [])
+
+
+def test_matmul_gflops_shrinks_a_matmul_slower_than_its_budget(monkeypatch):
+    sizes = []
+    real = bench._square_matmul
+    monkeypatch.setattr(bench, "_square_matmul", lambda n, *args: sizes.append(n) or real(n, *args))
+    monkeypatch.setattr(bench, "MATMUL_CALL_BUDGET", 0.0)  # every size is "too slow": down to 256
+    assert bench.matmul_gflops(torch.float32, n=1024) > 0 and sizes == [256, 256]  # the probe, then the timing
+    monkeypatch.setattr(bench, "MATMUL_CALL_BUDGET", 60.0)
+    sizes.clear()
+    bench.matmul_gflops(torch.float32, n=512)
+    assert sizes == [256, 512]

@@ -23,6 +23,15 @@ def test_difference_of_means_is_measurable_only_beyond_two_standard_errors():
     assert not noise.measurable and noise.verdict() == stats.NO_DIFFERENCE
 
 
+def test_few_samples_need_students_t_instead_of_two_standard_errors():
+    three_se = stats.Difference(3.0, 1.0)  # many samples: three standard errors is measurable
+    assert three_se.measurable and three_se.threshold == 2.0
+    two_windows = stats.Difference(3.0, 1.0, dof=1)  # the same from two samples is not (t = 12.7)
+    assert not two_windows.measurable and two_windows.threshold == pytest.approx(12.706, abs=1e-3)
+    assert stats.Difference(3.0, 1.0, dof=1000).threshold == 2.0
+    assert stats.difference_of_means([1.0, 1.1, 0.9], [0.0, 0.1, -0.1]).dof == 2
+
+
 def test_accuracy_se_is_the_binomial_one():
     assert stats.accuracy_se(0.92, 10_000) == pytest.approx(0.00271, abs=1e-5)
     with pytest.raises(ValueError, match="accuracy"):

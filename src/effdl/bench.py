@@ -13,7 +13,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -271,14 +271,28 @@ def memory_bandwidth(device: torch.device | str = "cpu", mib: int | None = None)
     return 2 * src.nbytes / t.median / 1e9
 
 
+MATMUL_CALL_BUDGET = 0.5  # seconds: the longest matmul call matmul_gflops times
+
+
+def _square_matmul(n: int, dtype: torch.dtype, device: torch.device | str) -> Callable[[], torch.Tensor]:
+    """A call of one ``n x n`` by ``n x n`` matmul of random ``dtype`` operands on ``device``."""
+    return partial(torch.matmul, *(torch.randn(n, n, device=device).to(dtype) for _ in range(2)))
+
+
 def matmul_gflops(dtype: torch.dtype, device: torch.device | str = "cpu", n: int | None = None) -> float:
-    """GFLOP/s of an ``n x n`` by ``n x n`` matmul (2 n^3 FLOPs) in ``dtype``."""
+    """GFLOP/s of an ``n x n`` by ``n x n`` matmul (2 n^3 FLOPs) in ``dtype``.
+
+    A dtype the device only emulates (bf16 on a CPU without bf16 instructions runs at about one
+    GFLOP/s) would make each call take a minute; ``n`` is halved until one call should fit
+    :data:`MATMUL_CALL_BUDGET`, estimated from one ``256 x 256`` product (the time grows as ``n^3``).
+    """
     n = pick(fast=512, full=2048, gpu=8192) if n is None else n
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    t = time_fn(lambda: a @ b, min_run_time=pick(fast=0.2, full=1.0), device=device)
+    small = call_times(_square_matmul(256, dtype, device), 1, warmup=1, device=device)[0]
+    while n > 256 and small * (n / 256) ** 3 > MATMUL_CALL_BUDGET:
+        n //= 2
+    t = time_fn(_square_matmul(n, dtype, device), min_run_time=pick(fast=0.2, full=1.0), device=device)
     return 2 * n**3 / t.median / 1e9
 
 

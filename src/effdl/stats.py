@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from scipy.stats import binomtest
+from scipy.stats import t as student_t
 
 NO_DIFFERENCE = "no measurable difference"
 
@@ -33,14 +34,25 @@ class Spread:
 
 @dataclass(frozen=True)
 class Difference:
-    """``a - b`` with its standard error; measurable when at least two standard errors from zero."""
+    """``a - b`` with its standard error; measurable when at least two standard errors from zero.
+
+    Two standard errors is the many-sample form of a two-sided 95 % test. When the standard error comes
+    from few samples (``dof`` degrees of freedom, e.g. 3 seeds or 4 windows), Student's t critical value
+    replaces the 2 (4.3 for 2 degrees of freedom, 12.7 for 1), so a handful of samples cannot call a win.
+    """
 
     value: float
     se: float
+    dof: int | None = None  # degrees of freedom of ``se``; None: many samples
+
+    @property
+    def threshold(self) -> float:
+        """How many standard errors make the difference measurable: 2, or Student's t for few samples."""
+        return 2.0 if self.dof is None else max(2.0, float(student_t.ppf(0.975, self.dof)))
 
     @property
     def measurable(self) -> bool:
-        return abs(self.value) >= 2 * self.se
+        return abs(self.value) >= self.threshold * self.se
 
     def verdict(self, positive: str = "higher", negative: str = "lower") -> str:
         """``positive`` or ``negative`` by the sign of a measurable difference, else "no measurable difference"."""
@@ -83,9 +95,10 @@ def spread(values: Sequence[float]) -> Spread:
 
 
 def difference_of_means(a: Sequence[float], b: Sequence[float]) -> Difference:
-    """Mean of ``a`` minus mean of ``b`` (independent runs), with the standard error of that difference."""
+    """Mean of ``a`` minus mean of ``b`` (independent runs), with the standard error of that difference
+    (and, conservatively, the degrees of freedom of the smaller sample)."""
     sa, sb = spread(a), spread(b)
-    return Difference(sa.mean - sb.mean, math.hypot(sa.se, sb.se))
+    return Difference(sa.mean - sb.mean, math.hypot(sa.se, sb.se), min(sa.n, sb.n) - 1)
 
 
 def accuracy_se(accuracy: float, n: int) -> float:

@@ -230,7 +230,6 @@ def int8_engine(model: nn.Module, calibration: list[torch.Tensor]) -> EngineResu
     engine = qmodel.int8_engine(model, calibration, calibration[0])
     simulated = quantize_model(model, QuantConfig(), calibration)
     agreement = (_predictions(engine) == _predictions(simulated)).double().mean().item()
-    # the engine has no parameters to read a device from: name it
     engine_correct = fmnist_correct(engine)
     return EngineResult(engine, simulated, engine_correct, fmnist_correct(simulated), agreement)
 
