@@ -150,10 +150,14 @@ def expected_weight_bytes(model: nn.Module) -> int:
     return sum(packed_bytes(m.layer.weight.numel(), m.weight_quant.storage_bits) for m in quant_layers(model).values())
 
 
-def int8_engine(model: nn.Module, calibration: Iterable, example: torch.Tensor, backend: str = "x86") -> nn.Module:
+def int8_engine(model: nn.Module, calibration: Iterable, example: torch.Tensor, backend: str = "onednn") -> nn.Module:
     """A truly int8 model for CPU: ``torch.ao`` FX graph-mode PTQ, per-channel weights, min-max activations.
 
-    The kernels are oneDNN / FBGEMM int8 convolutions and matmuls (``sec-quant-cnn-engine``). This API
+    The kernels are oneDNN int8 convolutions and matmuls (``sec-quant-cnn-engine``). Not FBGEMM (the
+    ``"x86"``/``"fbgemm"`` backends) with full-range 8-bit activations: on a CPU without VNNI its kernels add
+    pairs of u8 x s8 products in int16 and saturate, which on an AVX2-only CPU cost the ResNet 3 points
+    and 6 % of its predictions against the simulation (oneDNN: 0.5 %); FBGEMM needs ``reduce_range`` 7-bit
+    activations there. This API
     (``torch.ao.quantization.quantize_fx``) is deprecated in favour of PT2E export quantization
     in torchao, which reaches the same kernels through ``torch.compile``; it is the eager route.
     """
