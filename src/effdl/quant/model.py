@@ -157,8 +157,9 @@ def int8_engine(model: nn.Module, calibration: Iterable, example: torch.Tensor, 
     ``"x86"``/``"fbgemm"`` backends) with full-range 8-bit activations: on a CPU without VNNI its kernels add
     pairs of u8 x s8 products in int16 and saturate, which on an AVX2-only CPU cost the ResNet 3 points
     and 6 % of its predictions against the simulation (oneDNN: 0.5 %); FBGEMM needs ``reduce_range`` 7-bit
-    activations there. This API
-    (``torch.ao.quantization.quantize_fx``) is deprecated in favour of PT2E export quantization
+    activations there.
+
+    This API (``torch.ao.quantization.quantize_fx``) is deprecated in favour of PT2E export quantization
     in torchao, which reaches the same kernels through ``torch.compile``; it is the eager route.
     """
     from torch.ao.quantization import MinMaxObserver, PerChannelMinMaxObserver, QConfig, QConfigMapping
