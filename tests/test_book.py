@@ -10,6 +10,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 REQUIRED_HEADINGS = ("Pitfalls", "Summary", "Exercises", "References")
+CODE_WIDTH = 88  # characters of a code cell's line that fit the site's page without scrolling
 
 
 def _toc_files() -> list[str]:
@@ -63,6 +64,14 @@ def test_notebook_anatomy(path):
     code = "\n".join(_source(c) for c in cells if c["cell_type"] == "code")
     assert "effdl.show(" in code and ("plt." in code or "plots." in code)
     assert all(not c.get("outputs") for c in cells if c["cell_type"] == "code"), "commit without outputs"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_code_cells_fit_the_page(path):
+    cells = json.loads(path.read_text())["cells"]
+    wide = [line for c in cells if c["cell_type"] == "code"
+            for line in _source(c).splitlines() if len(line) > CODE_WIDTH]  # fmt: skip
+    assert not wide, f"{len(wide)} code lines longer than {CODE_WIDTH} characters, e.g. {wide[0]!r}"
 
 
 def _prose(cell) -> str:
