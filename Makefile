@@ -46,6 +46,9 @@ site: notebooks
 	cp -r _toc.yml book $(SITE)/ && cp -r _build/executed/notebooks $(SITE)/notebooks
 	sed 's/^\(  *execute_notebooks:\).*/\1 "off"/' _config.yml > $(SITE)/_config.yml
 	$(JB) build $(SITE) --builder html -W -n --keep-going
+	@# math renders offline: MathJax is served from the site itself, no page asks a CDN for it
+	test -f $(SITE)/_build/html/_static/mathjax/tex-mml-chtml.js
+	! grep -rl --include='*.html' 'cdn.jsdelivr.net/npm/mathjax' $(SITE)/_build/html
 
 bench: data
 	$(PY) -m effdl.report --out results/bench.json $(if $(ONLY),--only $(ONLY))

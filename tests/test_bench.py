@@ -115,13 +115,23 @@ def test_peak_memory_sees_a_large_temporary():
 
 def test_machine_ceilings_are_plausible_and_roofline_bends():
     ceil = bench.machine()
-    assert 1 < ceil.bandwidth_gbs < 5000
+    assert 1 < ceil.bandwidth_gbs < 5000 and 1 < ceil.read_gbs < 5000
     assert ceil.matmul_gflops["float32"] > 5
     knee = ceil.matmul_gflops["float32"] / ceil.bandwidth_gbs
     assert ceil.attainable_gflops(knee / 10) == pytest.approx(knee / 10 * ceil.bandwidth_gbs)
     assert ceil.attainable_gflops(knee * 10) == ceil.matmul_gflops["float32"]
     with pytest.raises(ValueError, match="intensity"):
         ceil.attainable_gflops(0)
+
+
+def test_memory_bandwidth_patterns_and_bad_arguments():
+    copy = bench.memory_bandwidth(mib=64, pattern="copy")
+    read = bench.memory_bandwidth(mib=64, pattern="read")
+    assert 0.6 < read / copy < 10  # reading a byte costs no more than copying it, give or take noise
+    with pytest.raises(ValueError, match="pattern"):
+        bench.memory_bandwidth(mib=64, pattern="write")
+    with pytest.raises(ValueError, match="mib"):
+        bench.memory_bandwidth(mib=0)
 
 
 def test_pareto_front_keeps_only_undominated_points():

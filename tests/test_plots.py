@@ -8,7 +8,8 @@ from effdl import bench, plots  # noqa: E402
 
 
 def test_roofline_draws_each_roof_and_point():
-    ceil = bench.Ceilings("cpu", bandwidth_gbs=20.0, matmul_gflops={"float32": 400.0, "bfloat16": 1600.0})
+    gflops = {"float32": 400.0, "bfloat16": 1600.0}
+    ceil = bench.Ceilings("cpu", bandwidth_gbs=20.0, read_gbs=25.0, matmul_gflops=gflops)
     ax = plots.roofline(ceil, {"a": (0.5, 8.0), "b": (100.0, 300.0)})
     assert len(ax.lines) == 3 and len(ax.collections) == 2
     roof = ax.lines[0].get_ydata()

@@ -247,10 +247,16 @@ def peak_memory(fn: Callable[[], Any], device: torch.device | str = "cpu") -> in
 
 @dataclass(frozen=True)
 class Ceilings:
-    """Measured limits of one device: memory bandwidth and dense matmul throughput per dtype."""
+    """Measured limits of one device: memory bandwidth and dense matmul throughput per dtype.
+
+    ``bandwidth_gbs`` is a copy's (each byte read once and written once, like most operators): the
+    roofline's slope. ``read_gbs`` only reads, as decoding does with the weights
+    (``sec-measuring-decode``).
+    """
 
     device: str
     bandwidth_gbs: float
+    read_gbs: float
     matmul_gflops: dict[str, float]
 
     def attainable_gflops(self, intensity: float, dtype: str = "float32") -> float:
@@ -260,15 +266,28 @@ class Ceilings:
         return min(self.matmul_gflops[dtype], intensity * self.bandwidth_gbs)
 
 
-def memory_bandwidth(device: torch.device | str = "cpu", mib: int | None = None) -> float:
-    """GB/s of a large tensor copy (one read plus one write of ``mib`` MiB), far beyond caches."""
+BANDWIDTH_PATTERNS = ("copy", "read")
+
+
+def memory_bandwidth(device: torch.device | str = "cpu", mib: int | None = None, pattern: str = "copy") -> float:
+    """GB/s streaming a tensor of ``mib`` MiB, far beyond the caches, through memory.
+
+    ``pattern="copy"`` reads it and writes a copy (two passes of its bytes); ``"read"`` only reads
+    it (a sum, whose arithmetic is far cheaper than the memory traffic).
+    """
     mib = pick(fast=256, full=1024) if mib is None else mib
     if mib <= 0:
         raise ValueError(f"mib must be positive, got {mib}")
+    if pattern not in BANDWIDTH_PATTERNS:
+        raise ValueError(f"pattern must be one of {BANDWIDTH_PATTERNS}, got {pattern!r}")
     src = torch.ones(mib * 2**20 // 4, device=device)
-    dst = torch.empty_like(src)
-    t = time_fn(lambda: dst.copy_(src), min_run_time=pick(fast=0.2, full=1.0), device=device)
-    return 2 * src.nbytes / t.median / 1e9
+    if pattern == "copy":
+        dst, passes = torch.empty_like(src), 2
+        call = partial(dst.copy_, src)
+    else:
+        call, passes = partial(torch.sum, src), 1
+    t = time_fn(call, min_run_time=pick(fast=0.2, full=1.0), device=device)
+    return passes * src.nbytes / t.median / 1e9
 
 
 MATMUL_CALL_BUDGET = 0.5  # seconds: the longest matmul call matmul_gflops times
@@ -298,7 +317,7 @@ def matmul_gflops(dtype: torch.dtype, device: torch.device | str = "cpu", n: int
 
 @lru_cache(maxsize=4)
 def machine(device: str | None = None) -> Ceilings:
-    """Memory bandwidth and fp32 / bf16 matmul ceilings of ``device`` (default: the CPU).
+    """Copy and read bandwidth and fp32 / bf16 matmul ceilings of ``device`` (default: the CPU).
 
     Measured once per process, then cached. bf16 is left out where the device lacks it.
     """
@@ -308,7 +327,8 @@ def machine(device: str | None = None) -> Ceilings:
         gflops["bfloat16"] = matmul_gflops(torch.bfloat16, dev)
     except RuntimeError:
         pass
-    return Ceilings(device=str(dev), bandwidth_gbs=memory_bandwidth(dev), matmul_gflops=gflops)
+    copy, read = memory_bandwidth(dev), memory_bandwidth(dev, pattern="read")
+    return Ceilings(device=str(dev), bandwidth_gbs=copy, read_gbs=read, matmul_gflops=gflops)
 
 
 def pareto_front(costs: Sequence[float], scores: Sequence[float]) -> list[int]:

@@ -5,10 +5,12 @@ comparison and two bounds, one for full mode and a (possibly weaker) one for fas
 prints a one-line check and raises :class:`ClaimFailed` when it does not hold, so the notebook,
 and CI with it, fails when a technique stops doing what the prose says.
 
-:func:`target` records a goal set for a chapter from outside (an issue, a paper). It never
+:func:`target` records a goal the chapter aims at (a published result, or what the book expects
+of a technique on an ordinary 2-core CPU) and is judged in full mode only. It never
 raises: a missed target stays listed as a miss, with the section that explains it.
 :func:`measure` records a plain number. ``python -m effdl.report`` runs each chapter's
-``bench()`` and prints every record of all three kinds.
+``bench()`` and prints every record of all three kinds. :func:`self_check` is the verdict an
+exercise gives on a student's answer.
 """
 
 from __future__ import annotations
@@ -130,3 +132,14 @@ def measure(name: str, value: float, unit: str = "") -> float:
     """Record a plain measurement (a ``make bench`` row with no bound); return ``value``."""
     _record(Record("measure", name, _finite(name, value), unit))
     return value
+
+
+def self_check(problems: list[str], success: str) -> bool:
+    """What an exercise's self-check tells the student: ``right`` and ``success`` when ``problems`` is
+    empty, otherwise ``not yet`` and each problem. Returns whether the answer is right (tests call every
+    self-check with a right and a wrong answer). It records nothing: exercises are not claims."""
+    if problems:
+        print("not yet: " + "; ".join(problems))
+    else:
+        print(f"right: {success}")
+    return not problems

@@ -334,7 +334,7 @@ def check_flops_vs_latency(front: Frontier) -> float:
 
 @dataclass(frozen=True)
 class Decode:
-    """SmolLM2's measured decode speed and what bandwidth allows."""
+    """SmolLM2's measured decode speed and what the read bandwidth allows (each weight is read, never written)."""
 
     model: Any
     tokenizer: Any
@@ -342,12 +342,12 @@ class Decode:
     tokens_per_s: float
     load_seconds: float
     weight_bytes: int
-    bandwidth_gbs: float
+    read_gbs: float
 
     @property
     def bound(self) -> float:
-        """Tokens/s if every step did nothing but read every weight once at the measured bandwidth."""
-        return self.bandwidth_gbs * 1e9 / self.weight_bytes
+        """Tokens/s if every step did nothing but read every weight once at the measured read bandwidth."""
+        return self.read_gbs * 1e9 / self.weight_bytes
 
     @property
     def share(self) -> float:
@@ -368,7 +368,7 @@ def smollm2_decode() -> Decode:
     prompt = tokenizer("The capital of France is", return_tensors="pt").input_ids.to(device())
     tokens_per_s = measure_bench.decode_tokens_per_s(model, prompt, new_tokens=pick(fast=8, full=32))
     return Decode(model, tokenizer, prompt, tokens_per_s, load_seconds, measure_bench.size_bytes(model),
-                  ceilings().bandwidth_gbs)  # fmt: skip
+                  ceilings().read_gbs)  # fmt: skip
 
 
 def greedy_answer(decode: Decode, new_tokens: int = 8) -> str:
@@ -434,42 +434,49 @@ def check_tied_overcount(naive: int, distinct: int, embedding: int) -> float:
 # --- exercises' self-checks ------------------------------------------------------------------------
 
 
-def check_cnn_flops(total: int, width: int = 32, depth: int = 2) -> bool:
+def self_check_cnn_flops(total: int, width: int = 32, depth: int = 2) -> bool:
     """Exercise 1: is ``total`` the forward FLOPs of one image through ``CNN(width, depth)``?"""
     counted = measure_bench.flops(models.CNN(width, depth).eval(), torch.randn(1, 1, 28, 28))
-    ok = total == counted
-    print(f"your count {total:,d}, FlopCounterMode {counted:,d}: {'exact agreement' if ok else 'not yet'}")
-    return ok
+    problems = [f"your count {total:,d} is not FlopCounterMode's {counted:,d}"] if total != counted else []
+    return claims.self_check(problems, f"{total:,d} FLOPs, exactly what FlopCounterMode counts")
 
 
-def check_knee(n: int) -> bool:
+def self_check_knee(n: int) -> bool:
     """Exercise 2: is ``n`` (within 10 %) the size at which an ``n x n`` fp32 matmul, ``2n^3`` FLOPs on
     ``12 n^2`` bytes, reaches this machine's knee?"""
     ceil = ceilings()
     knee_n = 6 * ceil.matmul_gflops["float32"] / ceil.bandwidth_gbs
-    ok = abs(n - knee_n) <= 0.1 * knee_n
-    print(f"your n {n}, knee at n = {knee_n:.0f}: {'right' if ok else 'not yet'}")
-    return ok
+    problems = [f"n = {n} is not within 10 % of the knee"] if abs(n - knee_n) > 0.1 * knee_n else []
+    return claims.self_check(problems, f"the knee is at n = {knee_n:.0f}")
 
 
-def check_beats_cnn(width: int, depth: int) -> bool:
+def self_check_beats_cnn(width: int, depth: int) -> bool:
     """Exercise 4: does ``CNN(width, depth)`` with the baseline's recipe reach 90 % test accuracy and a
     lower batch-1 latency than ``cnn-fmnist`` (timed interleaved, in this run)?"""
     base, mine = zoo.pretrained("cnn-fmnist"), zoo.pretrained("cnn-fmnist", width=width, depth=depth)
     times = measure_bench.compare_latency({"baseline": base.model, "yours": mine.model},
                                           zoo.example_input("cnn-fmnist", BATCH_LATENCY))  # fmt: skip
-    acc, faster = mine.metrics["test_accuracy"], times["yours"] < times["baseline"]
-    ok = acc >= 0.90 and faster
-    print(f"accuracy {acc:.2%}, latency {times['yours'] * 1e3:.3f} ms vs baseline {times['baseline'] * 1e3:.3f} ms: "
-          f"{'both met' if ok else 'not yet'}")
-    return ok
+    acc, yours_ms, base_ms = mine.metrics["test_accuracy"], times["yours"] * 1e3, times["baseline"] * 1e3
+    problems = [f"accuracy {acc:.2%} is below 90 %"] if acc < 0.90 else []
+    problems += [f"{yours_ms:.3f} ms is not faster than the baseline's {base_ms:.3f} ms"] if yours_ms >= base_ms else []
+    return claims.self_check(problems, f"accuracy {acc:.2%}, {yours_ms:.3f} ms vs the baseline's {base_ms:.3f} ms")
+
+
+def self_check_decode_bound(model: nn.Module, tokens_per_s: float) -> bool:
+    """Exercise 5: is ``tokens_per_s`` (within 5 %) the read-bandwidth bound ``beta_r / Q`` of ``model``, whose
+    weights take ``Q`` bytes, on this device?"""
+    bound = ceilings().read_gbs * 1e9 / measure_bench.size_bytes(model)
+    off = abs(tokens_per_s / bound - 1) > 0.05
+    problems = [f"{tokens_per_s:.1f} tokens/s is not within 5 % of the bound"] if off else []
+    return claims.self_check(problems, f"the bound is {bound:.1f} tokens/s")
 
 
 # --- make bench ----------------------------------------------------------------------------------
 
 
 def machine_rows(ceil: measure_bench.Ceilings) -> None:
-    claims.measure("memory bandwidth", ceil.bandwidth_gbs, "GB/s")
+    claims.measure("memory bandwidth (copy)", ceil.bandwidth_gbs, "GB/s")
+    claims.measure("memory bandwidth (read)", ceil.read_gbs, "GB/s")
     for dtype, gflops in ceil.matmul_gflops.items():
         claims.measure(f"matmul {dtype}", gflops, "GFLOP/s")
 
@@ -492,7 +499,7 @@ def baseline_rows(name: str, baseline: zoo.Baseline, size: Size, flops: int) -> 
 def decode_rows(decode: Decode) -> None:
     claims.measure("smollm2 weight bytes (fp32)", decode.weight_bytes, "bytes")
     claims.measure("smollm2 decode speed (fp32, batch 1)", decode.tokens_per_s, "tokens/s")
-    claims.measure("smollm2 bandwidth bound (bytes / bandwidth)", decode.bound, "tokens/s")
+    claims.measure("smollm2 bandwidth bound (read bandwidth / bytes)", decode.bound, "tokens/s")
     claims.target("smollm2 share of bandwidth bound", decode.share, ">=", 0.50)
     claims.measure("smollm2 time per token beyond weight reads", decode.overhead_ms, "ms")
     claims.target("smollm2 load from cache", decode.load_seconds, "<=", 5.0, unit="s")

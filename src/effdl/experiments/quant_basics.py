@@ -23,6 +23,7 @@ from effdl.quant.layers import fold_batchnorms
 NOTEBOOK = "02_quant_basics"
 FORMATS = (torch.float32, torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2, torch.int8)
 CAST_FORMATS = FORMATS[1:5]  # cast with .to(format), no scale
+FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)  # also cast after a per-tensor scale, like int8
 INT_ONLY_BITS = (4, 2, 1)  # integer widths without a torch dtype
 CALIBRATION_IMAGES = 512  # training images whose activations the chapter quantizes
 ONE_BIT_DB = 20 * math.log10(2)  # 6.02 dB: what halving the step buys in the Δ²/12 model
@@ -99,11 +100,29 @@ def format_table() -> list[dict]:
 
 
 def format_sqnr(x: torch.Tensor) -> dict[str, float]:
-    """SQNR of ``x`` cast to each 16- and 8-bit float format as is (no scale), and of symmetric int8 with a
-    scale from the data, ``max|x| / 127`` (``sec-quant-basics-formats``)."""
+    """SQNR of ``x`` in each 16- and 8-bit format (``sec-quant-basics-formats``): cast as is (named after
+    the dtype), the fp8 formats also after a per-tensor scale (``"... scaled"``), and symmetric int8 with
+    the scale ``max|x| / 127``, so every 8-bit format is compared with a scale from the data."""
     sqnr = {_name(fmt): core.sqnr_db(x, x.to(fmt).float()) for fmt in CAST_FORMATS}
+    sqnr |= {f"{_name(fmt)} scaled": core.sqnr_db(x, core.scaled_cast(x, fmt)) for fmt in FP8}
     sqnr["int8"] = core.sqnr_db(x, core.fake_quantize(x, 8))
     return sqnr
+
+
+def int8_vs_fp8(sqnr: dict[str, float]) -> str:
+    """How int8 compares with the two scaled fp8 formats, in words, from :func:`format_sqnr`'s result."""
+    fp8 = {"e4m3": sqnr["float8_e4m3fn scaled"], "e5m2": sqnr["float8_e5m2 scaled"]}
+    beaten = [name for name, value in fp8.items() if sqnr["int8"] > value]
+    if len(beaten) in (0, 2):
+        return "beats both" if beaten else "falls short of both"
+    return f"beats {beaten[0]} but falls short of {next(n for n in fp8 if n not in beaten)}"
+
+
+def int8_crossover_crest(e4m3_db: float) -> float:
+    """The crest factor ``max|x| / rms(x)`` below which the Δ²/12 model (``sec-quant-basics-noise``) puts
+    symmetric int8 above a scaled fp8 format measured at ``e4m3_db``: solves
+    ``10 log10(12 * 127^2) - 20 log10(crest) = e4m3_db``."""
+    return 10 ** ((10 * math.log10(12 * 127**2) - e4m3_db) / 20)
 
 
 def crest_factor(x: torch.Tensor) -> float:
@@ -112,8 +131,9 @@ def crest_factor(x: torch.Tensor) -> float:
 
 
 def check_formats(sqnr: dict[str, float]) -> None:
-    """``sec-quant-basics-formats``: a 16-bit float is far more precise than the best 8-bit format."""
-    best_8bit = max(sqnr["float8_e4m3fn"], sqnr["float8_e5m2"], sqnr["int8"])
+    """``sec-quant-basics-formats``: a 16-bit float is far more precise than the best 8-bit format, scaled
+    or not."""
+    best_8bit = max(value for name, value in sqnr.items() if name.startswith(("float8", "int8")))
     claims.claim("bf16 SQNR minus the best 8-bit SQNR (folded ResNet weights)", sqnr["bfloat16"] - best_8bit,
                  ">=", full=12.0, fast=12.0, unit="dB")  # fmt: skip
 
@@ -319,13 +339,18 @@ def check_packing(sizes: dict[str, int], bits: int = 4) -> None:
 # --- the exercises' checks --------------------------------------------------------------------
 
 
-def self_check_qparams(scale: float, zero_point: int, value_of_q0: float) -> None:
-    """Exercise 1: affine uint8 quantization of ``[-0.4, 2.1]``."""
+def self_check_qparams(scale: float, zero_point: int, value_of_q0: float) -> bool:
+    """Exercise 1: affine uint8 quantization of ``[-0.4, 2.1]``: its scale, zero-point and what ``q = 0`` means."""
     s, z = core.qparams(torch.tensor(-0.4), torch.tensor(2.1), 8, signed=False, symmetric=False)
-    assert math.isclose(scale, s.item(), rel_tol=1e-4), f"scale {scale} is not (beta - alpha) / (q_max - q_min)"
-    assert zero_point == int(z.item()), f"zero-point {zero_point} is not q_min - round(alpha / s)"
-    assert math.isclose(value_of_q0, -z.item() * s.item(), rel_tol=1e-4), "q = 0 stands for (0 - z) * s"
-    print("correct")
+    s, z = s.item(), int(z.item())
+    problems = []
+    if not math.isclose(scale, s, rel_tol=1e-4):
+        problems.append(f"scale {scale} is not (beta - alpha) / (q_max - q_min)")
+    if zero_point != z:
+        problems.append(f"zero-point {zero_point} is not q_min - round(alpha / s)")
+    if not math.isclose(value_of_q0, -z * s, rel_tol=1e-4):
+        problems.append(f"q = 0 does not stand for {value_of_q0}: it stands for (0 - z) * s")
+    return claims.self_check(problems, f"s = {s:.6f}, z = {z}, q = 0 stands for {-z * s:.4f}")
 
 
 def smallest_bits(w: torch.Tensor, target_db: float, **granularity_kwargs) -> int:
@@ -333,20 +358,36 @@ def smallest_bits(w: torch.Tensor, target_db: float, **granularity_kwargs) -> in
     return next(b for b in range(2, 17) if core.sqnr_db(w, core.fake_quantize(w, b, **granularity_kwargs)) >= target_db)
 
 
-def self_check_bits(w: torch.Tensor, per_tensor_bits: int, per_channel_bits: int, target_db: float = 30.0) -> None:
+def self_check_bits(w: torch.Tensor, per_tensor_bits: int, per_channel_bits: int, target_db: float = 30.0) -> bool:
     """Exercise 2: the fewest bits that reach ``target_db`` on ``w``, per tensor and per output channel."""
-    assert per_tensor_bits == smallest_bits(w, target_db), f"per tensor: {per_tensor_bits} bits is not the fewest"
-    assert per_channel_bits == smallest_bits(w, target_db, axis=0), f"per channel: {per_channel_bits} is not"
-    print(f"correct: per-channel scales save {per_tensor_bits - per_channel_bits} bit(s) at {target_db:g} dB")
+    tensor, channel = smallest_bits(w, target_db), smallest_bits(w, target_db, axis=0)
+    problems = []
+    if per_tensor_bits != tensor:
+        problems.append(f"per tensor: {per_tensor_bits} bits is not the fewest")
+    if per_channel_bits != channel:
+        problems.append(f"per channel: {per_channel_bits} bits is not the fewest")
+    return claims.self_check(problems, f"per-channel scales save {tensor - channel} bit(s) at {target_db:g} dB")
 
 
-def self_check_observer(observer: observers.Observer, x: torch.Tensor, bits: int = 4, tolerance: float = 0.3) -> None:
+def self_check_observer(observer: observers.Observer, x: torch.Tensor, bits: int = 4, tolerance: float = 0.3) -> bool:
     """Exercise 3: a fresh ``observer``, calibrated like the chapter's, within ``tolerance`` dB of the MSE
     observer at ``bits`` on ``x``."""
     yours = observed_sqnr(x, bits, *observed_range(observer, x))
     mse = observed_sqnr(x, bits, *observed_range(make_observer("mse", bits), x))
-    assert yours >= mse - tolerance, f"{yours:.2f} dB is more than {tolerance} dB below the MSE observer's {mse:.2f}"
-    print(f"correct: {yours:.2f} dB vs the MSE observer's {mse:.2f} dB")
+    below = yours < mse - tolerance
+    problems = [f"{yours:.2f} dB is more than {tolerance} dB below the MSE observer's {mse:.2f}"] if below else []
+    return claims.self_check(problems, f"{yours:.2f} dB vs the MSE observer's {mse:.2f}")
+
+
+def self_check_fp8_winner(x: torch.Tensor, predicted: str) -> bool:
+    """Exercise 5: is ``predicted`` (``"int8"`` or ``"e4m3"``) the format with the higher SQNR on ``x``, both
+    with a per-tensor scale?"""
+    if predicted not in ("int8", "e4m3"):
+        raise ValueError(f"predicted must be 'int8' or 'e4m3', got {predicted!r}")
+    int8, e4m3 = core.sqnr_db(x, core.fake_quantize(x, 8)), core.sqnr_db(x, core.scaled_cast(x, torch.float8_e4m3fn))
+    winner = "int8" if int8 > e4m3 else "e4m3"
+    detail = f"int8 {int8:.1f} dB, scaled e4m3 {e4m3:.1f} dB at a crest factor of {crest_factor(x):.1f}"
+    return claims.self_check([f"{winner} wins: {detail}"] if predicted != winner else [], detail)
 
 
 # --- make bench -------------------------------------------------------------------------------

@@ -147,6 +147,20 @@ def fixed_point(x: torch.Tensor, frac_bits: int, bits: int = 8) -> torch.Tensor:
     return dequantize(quantize(x, scale, torch.tensor(0.0), bits, signed=True), scale, torch.tensor(0.0))
 
 
+def scaled_cast(x: torch.Tensor, dtype: torch.dtype, axis: int | None = None) -> torch.Tensor:
+    """``x`` rounded to the float format ``dtype`` after a scale, and back (``sec-quant-basics-formats``).
+
+    The scale maps ``max|x|`` (per tensor, or per slice along ``axis``) to the format's largest
+    finite value, as fp8 recipes do: cast as it is, a tensor of small values would use only the
+    format's smallest exponents and subnormals. The scale stays in fp32, like an integer format's.
+    """
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point format, got {dtype}")
+    amax = x.abs().amax(dim=_reduce_dims(x, axis), keepdim=True).float()
+    scale = amax.clamp(min=torch.finfo(torch.float32).tiny) / torch.finfo(dtype).max
+    return (x / scale).to(dtype).float() * scale
+
+
 def sqnr_db(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     """Signal-to-quantization-noise ratio ``10 log10(E[x^2] / E[(x - x_hat)^2])`` in dB (``sec-quant-basics-noise``)."""
     noise = (x.float() - x_hat.float()).pow(2).mean().item()

@@ -26,8 +26,8 @@ def fake_quantize_ste(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Te
     """Fake-quantize with the straight-through estimator (``sec-quant-cnn-qat``): rounding is the identity backward,
     so the gradient is 1 where the code is inside the grid and 0 where it is clipped.
 
-    When ``scale`` is a parameter, autograd gives it the LSQ gradient (Esser et al., 2020): ``q - x/s``
-    inside the range, ``q_min - z`` or ``q_max - z`` where clipped.
+    When ``scale`` is a parameter, autograd gives it the LSQ gradient (Esser et al., 2020):
+    ``(q - z) - x/s`` inside the range, ``q_min - z`` or ``q_max - z`` where clipped.
     """
     if not (torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad)):
         # inference: the same values in fewer passes over x (the gradient bookkeeping below is exactly zero)
@@ -49,7 +49,8 @@ def _per_channel(w: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 
 
 def ternarize(w: torch.Tensor) -> torch.Tensor:
-    """Ternary weights ``{-a, 0, +a}`` per output channel (TWN): threshold ``0.7 mean|w|``, ``a`` = mean kept |w|."""
+    """Ternary weights ``{-a, 0, +a}`` by TWN's rule (threshold ``0.7 mean|w|``, ``a`` = mean kept |w|), applied
+    per output channel (the paper uses one per layer)."""
     flat = w.detach().abs().flatten(1)
     threshold = 0.7 * flat.mean(1, keepdim=True)
     kept = flat > threshold
@@ -69,7 +70,7 @@ class WeightQuantizer(nn.Module):
 
     ``observer`` chooses the range from the weight itself (``minmax``, ``percentile`` or ``mse``).
     With ``learn_scale`` the scale becomes a parameter trained with the network (LSQ, its gradient
-    scaled by ``1 / sqrt(elements per channel * q_max)``); otherwise it follows the weight
+    scaled by ``1 / sqrt(N * q_max)``, ``N`` the weights sharing a scale); otherwise it follows the weight
     (refitted whenever the weight changes). ``fmt`` ``ternary`` and ``binary`` replace the integer
     grid by 3 and 2 levels with per-channel magnitudes.
     """
@@ -103,7 +104,8 @@ class WeightQuantizer(nn.Module):
             if self.scale is None:
                 self.scale = nn.Parameter(self._fit_scale(w))
             q_max = qrange(self.bits, signed=True)[1]
-            return scale_gradient(self.scale, (w[0].numel() * q_max) ** -0.5).abs().clamp(min=1e-8)
+            shared = w.numel() // self.scale.numel()  # N: the weights that share one scale
+            return scale_gradient(self.scale, (shared * q_max) ** -0.5).abs().clamp(min=1e-8)
         key = (w.data_ptr(), w._version)
         if self.scale is None or key != self._seen:
             self.scale, self._seen = self._fit_scale(w), key

@@ -39,10 +39,15 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int
          block_size: int = 128, damp: float = 0.01, act_order: bool = False) -> torch.Tensor:  # fmt: skip
     """GPTQ (Frantar et al., 2023): quantize columns one by one, pushing each error onto the rest.
 
-    Minimises ``||W X - W_hat X||^2`` with ``H = X^T X / n``: after quantizing column ``j`` the
-    remaining columns absorb ``err_j * H^-1[j, j:] / H^-1[j, j]``, read from the upper Cholesky
-    factor of ``H^-1``. ``damp`` (a fraction of the mean diagonal) keeps ``H`` invertible; updates
-    to later columns are applied once per block of ``block_size`` columns. ``act_order`` visits
+    Minimises ``||W X - W_hat X||^2`` over calibration inputs ``X`` (``cols x n``, tokens as columns),
+    whose curvature for every row of ``W`` is ``H = X X^T`` (here divided by ``n``; ``hessian`` comes
+    from tokens stored as rows, ``x.T @ x``). With ``U`` the upper Cholesky factor of ``H^-1``, after
+    quantizing column ``j`` the remaining columns absorb ``err_j * U[j, j:] / U[j, j]``: row ``j`` of
+    ``U`` is row ``j`` of the inverse Hessian of the columns not yet quantized, over the square root
+    of its diagonal, so one factorisation replaces an update of ``H^-1`` per column.
+
+    ``damp`` (a fraction of the mean diagonal) keeps ``H`` invertible; updates to later columns are
+    applied once per block of ``block_size`` columns. ``act_order`` visits
     columns by decreasing ``H[j, j]`` (the inputs with the most energy first) with each group's
     grid fixed from the original weights, so groups stay contiguous in storage (``sec-quant-llm-gptq``).
     """
@@ -290,6 +295,15 @@ def int4_compatible(linear: nn.Linear, group_size: int) -> bool:
     return group_size > 0 and cols % group_size == 0 and rows % 16 == 0
 
 
+def int4_group_codes(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric 4-bit codes (0..15, one per int32 element, the layout the CPU int4 kernel packs) of the
+    ``rows x cols`` weight ``w`` in groups of ``group_size`` consecutive inputs, with each group's scale and
+    zero-point of shape ``(rows, cols / group_size, 1)`` (``sec-quant-llm-weight-only``)."""
+    view = grouped(w, group_size)
+    scale, zero = qparams(view.amin(-1, keepdim=True), view.amax(-1, keepdim=True), 4, False, False)
+    return quantize(view, scale, zero, 4, signed=False).reshape(w.shape), scale, zero
+
+
 class WeightOnlyLinear(nn.Module):
     """A linear layer with int8 (per-channel) or int4 (per-group) weights on PyTorch's CPU kernels.
 
@@ -315,9 +329,7 @@ class WeightOnlyLinear(nn.Module):
                     f"the int4 kernel needs group_size dividing in_features ({cols}) and out_features "
                     f"({rows}) divisible by 16; got group_size {group_size}"
                 )
-            view = grouped(w, group_size)
-            scale, zero = qparams(view.amin(-1, keepdim=True), view.amax(-1, keepdim=True), 4, False, False)
-            codes = quantize(view, scale, zero, 4, signed=False).reshape(rows, cols)
+            codes, scale, zero = int4_group_codes(w, group_size)
             self.register_buffer("codes", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1))
             offset = (8 - zero) * scale  # the kernel computes (q - 8) * scale + offset
             packed = torch.stack([scale.squeeze(-1), offset.squeeze(-1)], -1).transpose(0, 1).contiguous()
