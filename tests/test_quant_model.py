@@ -155,17 +155,6 @@ def test_chapter_verdict_words_and_selection_bias_bookkeeping():
     assert versions.best_vs_worst().n == 100
 
 
-def test_exercise_checks_reject_the_wrong_models():
-    from effdl.experiments import quant_cnn
-
-    model = zoo.pretrained("resnet-fmnist").model.eval().cpu()
-    with pytest.raises(AssertionError, match="at most 2"):
-        quant_cnn.self_check_mixed_precision(quantize_model(model, QuantConfig(weight_bits=8, act_bits=None)))
-    w3 = quantize_model(model, QuantConfig(weight_bits=3, act_bits=None, learn_scales=True))
-    with pytest.raises(AssertionError, match="learn_scales should be False"):
-        quant_cnn.self_check_lsq(w3, w3)
-
-
 def test_scale_less_pitfall_leaves_the_model_untouched():
     # fold_batchnorms shares the layers no BatchNorm follows (the classifier) with its input model
     from effdl.experiments import quant_cnn
