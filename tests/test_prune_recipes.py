@@ -79,17 +79,83 @@ def _capped_global_masks(scores, sparsity, cap):
     return pm.global_masks(bonus, 1 - keep / flat.numel())
 
 
-def test_exercise_self_checks_accept_a_solution_and_reject_a_wrong_one(capsys):
-    assert ex.check_capped_masks(_capped_global_masks, min_accuracy=0.0)
-    assert not ex.check_capped_masks(lambda scores, s, cap: pm.global_masks(scores, s), min_accuracy=0.0)
+def test_capped_masks_self_check_judges_sparsity_cap_and_accuracy(capsys):
+    assert ex.self_check_capped_masks(_capped_global_masks)  # fast mode: 90 %, cap 95 %, accuracy >= 60 %
+    assert "right" in capsys.readouterr().out
+    assert not ex.self_check_capped_masks(lambda scores, s, cap: pm.global_masks(scores, s))  # a layer emptied
+    assert "beyond the cap" in capsys.readouterr().out
 
-    def sparse_conv(x, conv):
-        cols = F.unfold(x, conv.kernel_size, padding=conv.padding, stride=conv.stride)  # (batch, c*k*k, positions)
-        weight = storage.csr(conv.weight)
-        out = torch.stack([torch.sparse.mm(weight, c) for c in cols])
-        side = int(out.shape[-1] ** 0.5)
-        return (out + conv.bias[:, None] if conv.bias is not None else out).view(len(x), -1, side, side)
+    def random_per_layer(scores, s, cap):  # the right sparsity and no layer beyond the cap, but random weights
+        return pm.layer_masks({n: torch.rand_like(v) for n, v in scores.items()}, s)
 
-    assert ex.check_sparse_conv(sparse_conv)
-    assert not ex.check_sparse_conv(lambda x, conv: F.conv2d(x, conv.weight.abs(), conv.bias, padding=1))
-    assert "pass" in capsys.readouterr().out
+    assert not ex.self_check_capped_masks(random_per_layer)
+    out = capsys.readouterr().out
+    assert "below" in out and "cap" not in out  # rejected for its accuracy alone
+
+
+def test_iterative_self_check_compares_the_answers_with_mcnemar(cnn, capsys):
+    scores = pm.magnitude_scores(cnn)
+    models = {"dense": cnn, "one-shot": recipes.prune_oneshot(cnn, scores, 0.95),
+              "iterative": recipes.prune_oneshot(cnn, scores, 0.95, "layer")}  # fmt: skip
+    truth = compare(models, "iterative", "one-shot")
+    within, differ = truth.drop("iterative") <= 2.0, truth.paired.measurable
+    assert ex.self_check_iterative(models, 0.95, within, differ)
+    assert not ex.self_check_iterative(models, 0.95, not within, differ)
+    assert not ex.self_check_iterative(models, 0.95, within, not differ)
+    assert "McNemar" in capsys.readouterr().out
+
+
+def _model_fisher_by_loops(model, batches):
+    """An independent solution of Exercise 3: Σ_k p_k (∂ℓ(x, k)/∂w)², one backward pass per sample and class."""
+    layers = pm.prunable(model)
+    weights = [m.weight for m in layers.values()]
+    fisher, count = [torch.zeros_like(w) for w in weights], 0
+    model.eval()
+    for x, _ in batches:
+        for image in x:
+            log_probs = model(image[None]).log_softmax(-1)[0]
+            for k, p in enumerate(log_probs.exp().detach()):
+                grads = torch.autograd.grad(-log_probs[k], weights, retain_graph=True)
+                for f, g in zip(fisher, grads, strict=True):
+                    f += p * g.pow(2)
+            count += 1
+    return {n: f / count for n, f in zip(layers, fisher, strict=True)}
+
+
+def test_model_fisher_is_the_expectation_over_the_models_labels():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
+    batches = [(x[:6], y[:6]) for x, y in score_batches(12, batch_size=6)]
+    model.eval()(batches[0][0])
+    expected = _model_fisher_by_loops(model, batches)
+    ours = ex.model_fisher_diagonal(model, batches)
+    assert all(torch.allclose(ours[n], e, rtol=1e-4, atol=1e-7) for n, e in expected.items())
+    empirical = pm.fisher_diagonal(model, batches)
+    assert not all(torch.allclose(empirical[n], e, rtol=1e-2) for n, e in expected.items())
+
+
+def test_model_fisher_self_check_accepts_the_expectation_and_rejects_the_empirical_fisher(capsys):
+    assert ex.self_check_model_fisher(ex.model_fisher_diagonal, images=4)
+    assert not ex.self_check_model_fisher(pm.fisher_diagonal, images=4)  # observed labels, not the expectation
+    assert "off by" in capsys.readouterr().out
+
+
+def _sparse_conv(x, conv):
+    """A solution of Exercise 5: CSR weight times the unfolded input."""
+    cols = F.unfold(x, conv.kernel_size, padding=conv.padding, stride=conv.stride)  # (batch, c*k*k, positions)
+    weight = storage.csr(conv.weight)
+    out = torch.stack([torch.sparse.mm(weight, c) for c in cols])
+    side = int(out.shape[-1] ** 0.5)
+    return (out + conv.bias[:, None] if conv.bias is not None else out).view(len(x), -1, side, side)
+
+
+def test_sparse_conv_self_check_and_its_speed_prediction(monkeypatch, capsys):
+    assert ex.self_check_sparse_conv(_sparse_conv)
+    assert not ex.self_check_sparse_conv(lambda x, conv: F.conv2d(x, conv.weight.abs(), conv.bias, padding=1))
+    assert "differs" in capsys.readouterr().out
+    assert ex.sparse_conv_problems(0.5, False) == [] and ex.sparse_conv_problems(2.0, True) == []
+    assert ex.sparse_conv_problems(0.5, True) and ex.sparse_conv_problems(2.0, False)
+    assert ex.sparse_conv_problems(1.05, True) == ex.sparse_conv_problems(1.05, False) == []  # too close to call
+    monkeypatch.setattr(ex.measure_bench, "compare_latency", lambda models, x: {"conv": 1.0, "yours": 4.0})
+    assert ex.self_check_sparse_conv(_sparse_conv, faster=False)
+    assert not ex.self_check_sparse_conv(_sparse_conv, faster=True)
+    assert "slower" in capsys.readouterr().out

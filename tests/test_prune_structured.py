@@ -244,3 +244,80 @@ def test_latency_ratio_and_the_parameter_count_claim():
     assert abs(ex.check_parameter_count(rows).value) < 0.05
     with pytest.raises(claims.ClaimFailed):  # a kernel that skipped the zeros would break the pitfall's claim
         ex.check_parameter_count({"dense": rows["dense"], "90% unstructured": {"times": times["fast"]}})
+
+
+def test_folded_norms_agree_with_raw_norms_only_when_batchnorm_scales_alike():
+    from effdl.experiments import prune_structured as ex
+
+    model = trained_like_resnet()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_(torch.rand(m.weight.shape[0], 1, 1, 1) + 0.5)  # filters of different norms
+    uneven = ex.folded_norm_agreement(model)
+    assert set(uneven["rho"]) == {g.name for g in st.resnet_groups(model)}
+    assert all(-1 <= r <= 1 for r in uneven["rho"].values()) and min(uneven["rho"].values()) < 1
+    for m in model.modules():  # every channel normalized alike: folding scales all filters by one factor
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            m.running_var.fill_(1.0)
+    even = ex.folded_norm_agreement(model)
+    assert all(r == pytest.approx(1.0) for r in even["rho"].values()) and even["same_kept"] == 1.0
+
+
+def test_scaling_a_filter_before_batchnorm_changes_its_norm_but_not_the_output():
+    from effdl.experiments import prune_structured as ex
+
+    model, x = trained_like_resnet().train(), torch.randn(16, 1, 28, 28)
+    for m in model.modules():  # every channel normalized alike: raw and folded norms rank alike
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            m.running_var.fill_(1.0)
+    assert ex.folded_norm_agreement(model)["rho"]["stem"] == pytest.approx(1.0)
+    stem = [g.name for g in st.resnet_groups(model)].index("stem")
+    before, quietest = model(x), int(st.channel_scores(model, "l1")[stem].argmin())
+    with torch.no_grad():
+        model.stem[0].weight[quietest] *= 100.0  # a 100x larger filter: the training-mode BN divides it out
+    assert torch.allclose(model(x), before, atol=1e-4)
+    with torch.no_grad():  # the running statistics, once re-estimated, scale with it
+        model.stem[1].running_mean[quietest] *= 100.0
+        model.stem[1].running_var[quietest] *= 100.0**2
+    assert int(st.channel_scores(model, "l1")[stem].argmax()) == quietest  # the raw norm now ranks it first ...
+    assert ex.folded_norm_agreement(model)["rho"]["stem"] < 1  # ... the folded norm where it was
+
+
+def test_speed_self_check(monkeypatch, capsys):
+    from effdl.experiments import prune_structured as ex
+
+    assert ex.speed_problems(2.1, 0.5, 2.0, 1.0) == []
+    assert len(ex.speed_problems(1.5, 2.0, 2.0, 1.0)) == 2
+    timed = []
+
+    def twice_as_fast(models, example):  # effdl.bench.compare_latency is tested in test_bench; stubbed here
+        timed.append((set(models), example.shape[0]))
+        return {"dense": 2.0, "yours": 1.0}
+
+    monkeypatch.setattr(ex.measure_bench, "compare_latency", twice_as_fast)
+    dense = ex.baseline()
+    assert ex.self_check_speed(dense)  # accuracy measured: the dense model loses nothing
+    assert timed == [({"dense", "yours"}, ex.BATCH_THROUGHPUT)] and "right" in capsys.readouterr().out
+    assert not ex.self_check_speed(dense, max_blocks=2)  # Exercise 4 asks for a dropped block
+    unrecovered = st.prune_channels_(copy.deepcopy(dense), 0.5)  # not fine-tuned
+    assert not ex.self_check_speed(unrecovered)
+    out = capsys.readouterr().out
+    assert "residual blocks left" in out and "test accuracy dropped" in out and "speed-up" not in out
+
+
+def test_sparsegpt_self_check_on_the_small_gpt(capsys):
+    from effdl import lm
+    from effdl.experiments import _shared
+    from effdl.experiments import prune_structured as ex
+
+    model, test, _ = _shared.lm_suite("gpt-shakespeare")
+    pruned = pl.prune_llm_(copy.deepcopy(model), "magnitude", nm=(2, 4))
+    ppl = lm.perplexity(pruned, test)
+    assert ex.two_four_problems(pruned) == [] and ex.two_four_problems(model)
+    assert ex.self_check_sparsegpt(pruned, 1.01 * ppl, test)
+    assert not ex.self_check_sparsegpt(pruned, 0.99 * ppl, test)  # not below the perplexity to beat
+    assert not ex.self_check_sparsegpt(model, 1.01 * ppl, test)  # better, but dense
+    assert "not 2:4" in capsys.readouterr().out

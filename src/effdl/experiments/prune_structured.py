@@ -2,8 +2,11 @@
 and criteria, block dropping, channel pruning against the dense model and Torch-Pruning, 2:4 masks, Wanda
 against magnitude on the language models, and the chapter's pitfalls.
 
-The notebook and :func:`bench` call the same functions; the ``check_*`` functions assert the claims
-the chapter's prose makes and record the targets set for it.
+The notebook and :func:`bench` call the same functions. The ``check_*`` functions assert what the chapter's
+prose states, with bounds that any ordinary CPU meets, and record as ``make bench`` targets the gains the
+chapter aims for, which depend on the machine (for the headline model: at least 1.8x faster than the dense one
+at batch 256 with at most 1.5 points of test accuracy lost, the kind of gain that makes structured pruning worth
+its trouble); a missed target is reported, not raised. The ``self_check_*`` functions check the exercises.
 """
 
 from __future__ import annotations
@@ -126,6 +129,34 @@ def criteria_comparison(model: nn.Module, ratio: float = 0.5) -> dict[str, dict[
         before = fmnist_accuracy(recipes.recalibrate_bn(pruned, batches))
         result[criterion] = {"pruned": before, "fine-tuned": fmnist_accuracy(finetune_briefly(pruned))}
     return result
+
+
+def folded_norm_agreement(model: nn.Module, p: int = 1) -> dict[str, object]:
+    """How well the raw filter norm ranks channels as the BN-folded one does (``sec-prune-structured-criteria``).
+
+    For each channel group: the L``p`` norm of each channel's filters summed over the group's convolutions (the
+    ``l1`` / ``l2`` criterion), and the same with every filter scaled as BatchNorm folding scales it,
+    ``W_c · |γ_c| / sqrt(σ_c² + ε)`` (``sec-quant-cnn-folding``). Returns Spearman's rank correlation of the two
+    per group (``"rho"``, group name -> value) and the fraction of the channels that removing half of every group
+    would keep under both rankings (``"same_kept"``).
+    """
+    from scipy.stats import spearmanr
+
+    rho, same, total = {}, 0, 0
+    for group in structured.resnet_groups(model):
+        raw, folded = torch.zeros(group.size), torch.zeros(group.size)
+        pairs = zip(group.producers[::2], group.producers[1::2], strict=True)  # (conv, its BatchNorm), in order
+        for conv, bn in pairs:
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
+                raise ValueError(f"group {group.name!r}: expected conv, BN pairs, got {conv}, {bn}")
+            norm = conv.weight.detach().flatten(1).norm(p=p, dim=1).cpu()
+            scale = (bn.weight.detach().abs() / torch.sqrt(bn.running_var + bn.eps)).cpu()
+            raw, folded = raw + norm, folded + norm * scale
+        rho[group.name] = float(spearmanr(raw.numpy(), folded.numpy()).statistic)
+        keep = group.size // 2
+        same += len(set(raw.topk(keep).indices.tolist()) & set(folded.topk(keep).indices.tolist()))
+        total += keep
+    return {"rho": rho, "same_kept": same / max(total, 1)}
 
 
 def rounding_comparison(model: nn.Module, variants: Iterable[tuple[float, int]] = ((0.4, 1), (0.4, 8), (0.5, 1)),
@@ -360,31 +391,50 @@ def check_parameter_count(result: dict[str, dict[str, object]]) -> stats.Differe
 # --- self-checks for the exercises ---------------------------------------------------------------
 
 
-def check_speed_exercise(model: nn.Module, min_speedup: float = 2.0, max_drop_pt: float = 1.0) -> bool:
+def speed_problems(speedup: float, drop_pt: float, min_speedup: float, max_drop_pt: float) -> list[str]:
+    """What keeps a measured ``speedup`` and accuracy drop (``drop_pt`` points) from the exercise's targets."""
+    problems = []
+    if speedup < min_speedup:
+        problems.append(f"speed-up {speedup:.2f}x is below {min_speedup:g}x")
+    if drop_pt > max_drop_pt:
+        problems.append(f"test accuracy dropped {drop_pt:.2f} points, more than {max_drop_pt:g}")
+    return problems
+
+
+def self_check_speed(model: nn.Module, min_speedup: float = 2.0, max_drop_pt: float = 1.0,
+                     max_blocks: int | None = None) -> bool:  # fmt: skip
     """Exercises 1 and 4: is ``model`` at least ``min_speedup`` times faster than the dense baseline at
     :data:`BATCH_THROUGHPUT` on this machine (interleaved), with at most ``max_drop_pt`` points of test
-    accuracy lost?"""
+    accuracy lost (and, with ``max_blocks``, at most that many residual blocks left)?"""
     dense = baseline()
     times = measure_bench.compare_latency({"dense": dense, "yours": model.eval().cpu()},
                                           example_inputs()[BATCH_THROUGHPUT])  # fmt: skip
     speedup, drop = times["dense"] / times["yours"], 100 * (fmnist_accuracy(dense) - fmnist_accuracy(model))
-    ok = speedup >= min_speedup and drop <= max_drop_pt
-    print(f"speed-up {speedup:.2f}x (>= {min_speedup}), drop {drop:.2f} pt (<= {max_drop_pt}): "
-          f"{'pass' if ok else 'not yet'}")  # fmt: skip
-    return ok
+    problems = speed_problems(speedup, drop, min_speedup, max_drop_pt)
+    if max_blocks is not None and len(structured.residual_blocks(model)) > max_blocks:
+        problems.append(f"{len(structured.residual_blocks(model))} residual blocks left, more than {max_blocks}")
+    return claims.self_check(problems, f"{speedup:.2f}x faster at batch {BATCH_THROUGHPUT}, "
+                                       f"{drop:.2f} points of test accuracy lost")  # fmt: skip
 
 
-def check_sparsegpt_exercise(model: nn.Module, wanda_perplexity: float) -> bool:
-    """Exercise 5: is ``model`` (SmolLM2 pruned by you) 2:4 in every block linear, with a held-out perplexity
-    below ``wanda_perplexity`` (Wanda's 2:4 result in ``sec-prune-structured-llm``)?"""
-    groups = [m.weight.detach().reshape(-1, 4) for m in lm.block_linears(model).values()]
-    is_24 = all(bool(((g != 0).sum(1) <= 2).all()) for g in groups)
-    _, test, _ = lm_suite("smollm2")
+def two_four_problems(model: nn.Module) -> list[str]:
+    """What keeps ``model``'s block linears from 2:4 sparsity (at most 2 non-zeros in every 4 consecutive inputs)."""
+    linears = lm.block_linears(model)
+    dense = [name for name, m in linears.items() if bool(((m.weight.detach().reshape(-1, 4) != 0).sum(1) > 2).any())]
+    return [f"{len(dense)} of {len(linears)} block linears are not 2:4, {dense[0]} first"] if dense else []
+
+
+def self_check_sparsegpt(model: nn.Module, wanda_perplexity: float, test: list | None = None) -> bool:
+    """Exercise 5: is ``model`` (SmolLM2 pruned by you) 2:4 in every block linear, with a perplexity below
+    ``wanda_perplexity`` (Wanda's 2:4 result in ``sec-prune-structured-llm``) on the same held-out windows
+    (``test``; by default SmolLM2's of :func:`llm_pruning`)?"""
+    problems = two_four_problems(model)
+    if test is None:
+        _, test, _ = lm_suite("smollm2")
     ppl = lm.perplexity(model, test)
-    ok = is_24 and ppl < wanda_perplexity
-    print(f"2:4 in every block linear: {is_24}; perplexity {ppl:.2f} (Wanda {wanda_perplexity:.2f}): "
-          f"{'pass' if ok else 'not yet'}")  # fmt: skip
-    return ok
+    if ppl >= wanda_perplexity:
+        problems.append(f"perplexity {ppl:.2f} is not below Wanda's {wanda_perplexity:.2f}")
+    return claims.self_check(problems, f"2:4 everywhere, perplexity {ppl:.2f} (Wanda {wanda_perplexity:.2f})")
 
 
 def bench() -> None:

@@ -2,24 +2,27 @@
 and iterative pruning of the Fashion-MNIST baselines, sensitivity, storage, and the lottery ticket.
 
 The notebook and :func:`bench` call the same functions, and the same ``check_*`` functions assert the
-chapter's claims in both.
+chapter's claims in both. The ``self_check_*`` functions check a student's answers to the exercises.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.func import functional_call, jacrev, vmap
 
+from effdl import bench as measure_bench
 from effdl import claims, stats, train, zoo
 from effdl.config import pick, seed_everything
 from effdl.experiments._shared import fmnist_accuracy, fmnist_batches, fmnist_correct, score_batches
 from effdl.prune import recipes, storage
 from effdl.prune.masks import (
     MaskKeeper,
+    Masks,
     Scores,
     apply_masks_,
     global_masks,
@@ -282,32 +285,141 @@ def check_ticket(result: Comparison) -> float:
 # --- self-checks for the exercises -------------------------------------------------------------------------------
 
 
-def check_capped_masks(capped_masks: Callable[[Scores, float, float], dict[str, torch.Tensor]],
-                       target: float = 0.98, cap: float = 0.99, min_accuracy: float = 0.6) -> bool:  # fmt: skip
+def self_check_capped_masks(capped_masks: Callable[[Scores, float, float], Masks], target: float | None = None,
+                            cap: float | None = None, min_accuracy: float = 0.6) -> bool:  # fmt: skip
     """Exercise 1: does ``capped_masks(scores, sparsity, cap)`` prune exactly ``target`` of the ResNet's weights
-    by global magnitude, no layer beyond ``cap``, and keep ``min_accuracy`` after BN re-estimation?"""
+    by global magnitude, no layer beyond ``cap``, and keep ``min_accuracy`` after BN re-estimation? By default
+    98 % with a 99 % cap; 90 % with a 95 % cap in fast mode, whose small baseline does not survive 98 %."""
+    target = pick(fast=0.9, full=0.98) if target is None else target
+    cap = pick(fast=0.95, full=0.99) if cap is None else cap
     model, batches = resnet(), score_batches()
     masks = capped_masks(magnitude_scores(model), target, cap)
     total, worst = sparsity(masks), max(sparsity({n: m}) for n, m in masks.items())
     acc = fmnist_accuracy(recipes.recalibrate_bn(apply_masks_(copy.deepcopy(model), masks), batches))
-    ok = abs(total - target) <= 1e-3 and worst <= cap + 1e-3 and acc >= min_accuracy
-    print(f"sparsity {total:.4f} (target {target}), emptiest layer {worst:.4f} (cap {cap}), "
-          f"test accuracy {acc:.2%} (>= {min_accuracy:.0%}): {'pass' if ok else 'not yet'}")  # fmt: skip
-    return ok
+    problems = []
+    if abs(total - target) > 1e-3:
+        problems.append(f"sparsity {total:.4f}, not {target}")
+    if worst > cap + 1e-3:
+        problems.append(f"a layer is {worst:.4f} sparse, beyond the cap {cap}")
+    if acc < min_accuracy:
+        problems.append(f"test accuracy {acc:.2%} is below {min_accuracy:.0%}")
+    return claims.self_check(problems, f"sparsity {total:.4f}, emptiest layer {worst:.4f}, test accuracy {acc:.2%}")
 
 
-def check_sparse_conv(sparse_conv: Callable[[torch.Tensor, nn.Conv2d], torch.Tensor], batch: int = 8) -> bool:
+def self_check_iterative(models: dict[str, nn.Module], target: float, within_2pt: bool, differ: bool) -> bool:
+    """Exercise 2: ``models`` holds ``"dense"``, ``"one-shot"`` and ``"iterative"`` (as :func:`iterative_vs_oneshot`
+    returns them, plus the dense model) pruned to ``target``. Are both pruned models at ``target``, counted from
+    the tensors, and are your two answers right: ``within_2pt`` (is the iterative model at most 2 points below
+    the dense one?) and ``differ`` (do iterative and one-shot differ measurably, by McNemar's test)?"""
+    result = compare(models, "iterative", "one-shot")
+    problems = [f"{k} is {result.sparsity[k]:.4f} sparse, not {target}" for k in ("one-shot", "iterative")
+                if abs(result.sparsity[k] - target) > 1e-3]  # fmt: skip
+    drop = result.drop("iterative")
+    if within_2pt != (drop <= 2.0):
+        problems.append(f"the iterative model is {drop:.2f} points below the dense one")
+    if differ != result.paired.measurable:
+        problems.append(f"McNemar's test of iterative against one-shot says {result.paired.verdict()}")
+    return claims.self_check(problems, f"iterative {drop:.2f} points below dense; against one-shot: "
+                                       f"{result.paired.verdict()} (p = {result.paired.p_value:.2g})")  # fmt: skip
+
+
+def model_fisher_diagonal(model: nn.Module, batches: Iterable) -> Scores:
+    """The Fisher of the model's own predictions: the mean over samples of Σ_k p_k (∂ℓ(x, k)/∂w)², the
+    expectation over labels drawn from the softmax, computed exactly (one per-sample gradient per class).
+
+    The reference answer of Exercise 3 (:func:`self_check_model_fisher`); :func:`effdl.prune.masks.fisher_diagonal`
+    is the same with the observed label in place of the expectation.
+    """
+    model.eval()
+    layers = prunable(model)
+    names = [f"{n}.weight" for n in layers]
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+
+    def class_losses(weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(model, ({**params, **weights}, buffers), (x[None],))
+        return -logits.log_softmax(-1)[0]  # the loss ℓ(x, k) for every class k
+
+    per_sample = vmap(jacrev(class_losses), in_dims=(None, 0))  # name -> (batch, classes, *weight.shape)
+    dev = next(model.parameters()).device
+    fisher, count = {n: torch.zeros_like(m.weight) for n, m in layers.items()}, 0
+    for x, _ in batches:
+        x = x.to(dev)
+        with torch.no_grad():
+            probs = model(x).softmax(-1)
+        grads = per_sample({name: params[name] for name in names}, x)
+        for n in layers:
+            g = grads[f"{n}.weight"]
+            fisher[n] += (probs.view(*probs.shape, *[1] * (g.dim() - 2)) * g.pow(2)).sum((0, 1))
+        count += len(x)
+    return {n: f / max(count, 1) for n, f in fisher.items()}
+
+
+def self_check_model_fisher(model_fisher: Callable[[nn.Module, Iterable], Scores], images: int = 32) -> bool:
+    """Exercise 3: does ``model_fisher(model, batches)`` give the diagonal Fisher of the model's own predictions
+    (the expectation over labels drawn from the softmax, exact) on ``images`` training images of the ResNet,
+    within 0.1 % of the largest entry of each layer?"""
+    model = resnet()
+    x, y = score_batches()[0]
+    batches = [(x[:images], y[:images])]
+    expected, yours = model_fisher_diagonal(model, batches), model_fisher(model, batches)
+    problems = []
+    if set(yours) != set(expected):
+        problems.append(f"the layers should be {sorted(expected)}")
+    else:
+        errors = {n: float((yours[n] - e).abs().max() / e.abs().max()) for n, e in expected.items()}
+        worst = max(errors, key=errors.get)
+        if errors[worst] > 1e-3:
+            problems.append(f"layer {worst}: off by {errors[worst]:.1%} of its largest entry (sampled labels, "
+                            "or the observed ones, are not the expectation)")  # fmt: skip
+    return claims.self_check(problems, "the Fisher of the model's predictions, every layer within 0.1 %")
+
+
+def sparse_conv_problems(ratio: float | None, faster: bool | None, margin: float = 0.1) -> list[str]:
+    """What is wrong with the prediction ``faster`` (is the CSR convolution faster than ``conv(x)``?) given the
+    measured ``ratio`` = dense time / CSR time; within ``margin`` of 1 either answer is accepted (too close to
+    call on one machine)."""
+    if faster is None or ratio is None or abs(ratio - 1) < margin:
+        return []
+    if faster != (ratio > 1):
+        return [f"the CSR version is {'faster' if ratio > 1 else 'slower'}: conv time / yours = {ratio:.2f}"]
+    return []
+
+
+class _Call(nn.Module):
+    """``fn(x, layer)`` as a module, so :func:`effdl.bench.compare_latency` can time it against ``layer(x)``."""
+
+    def __init__(self, fn: Callable[[torch.Tensor, nn.Module], torch.Tensor], layer: nn.Module):
+        super().__init__()
+        self.fn, self.layer = fn, layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x, self.layer)
+
+
+def self_check_sparse_conv(sparse_conv: Callable[[torch.Tensor, nn.Conv2d], torch.Tensor], batch: int = 8,
+                           faster: bool | None = None, timing_batch: int = 256) -> bool:  # fmt: skip
     """Exercise 5: does ``sparse_conv(x, conv)`` (a CSR ``torch.sparse.mm`` on the unfolded input) give the
-    output of ``conv`` for the ResNet's last convolution pruned to 90 %?"""
+    output of ``conv`` for the ResNet's last convolution pruned to 90 %? With ``faster`` (your prediction: is it
+    faster than ``conv(x)`` at ``timing_batch``?), both are also timed interleaved and the prediction checked."""
     conv = copy.deepcopy(prunable(resnet())["stages.2.0.conv2"])
     apply_masks_(conv, {"": global_masks(magnitude_scores(conv), 0.9)[""]})
     x = torch.randn(batch, conv.in_channels, 7, 7)
     with torch.no_grad():
         expected, yours = conv(x), sparse_conv(x, conv)
-    ok = yours.shape == expected.shape and torch.allclose(yours, expected, atol=1e-4)
-    print(f"output {tuple(yours.shape)}, max |difference| {(yours - expected).abs().max():.2e}: "
-          f"{'pass' if ok else 'not yet'}")  # fmt: skip
-    return ok
+    problems = []
+    if yours.shape != expected.shape or not torch.allclose(yours, expected, atol=1e-4):
+        problems.append(f"output {tuple(yours.shape)} differs from conv(x) {tuple(expected.shape)} "
+                        f"by up to {(yours - expected).abs().max():.2e}" if yours.shape == expected.shape
+                        else f"output {tuple(yours.shape)}, expected {tuple(expected.shape)}")  # fmt: skip
+    ratio = None
+    if faster is not None and not problems:
+        times = measure_bench.compare_latency({"conv": conv, "yours": _Call(sparse_conv, conv)},
+                                              torch.randn(timing_batch, conv.in_channels, 7, 7))  # fmt: skip
+        ratio = times["conv"] / times["yours"]
+        problems += sparse_conv_problems(ratio, faster)
+    timed = f"; conv time / yours at batch {timing_batch}: {ratio:.2f}" if ratio is not None else ""
+    return claims.self_check(problems, f"the output of conv(x){timed}")
 
 
 # --- make bench --------------------------------------------------------------------------------------------------

@@ -69,6 +69,9 @@ def fisher_diagonal(model: nn.Module, batches: Iterable) -> Scores:
     """Empirical Fisher diag: the mean over *samples* of (∂ℓ_i/∂w)², per-sample gradients from ``torch.func``.
 
     Squaring a mini-batch gradient instead would average before squaring and underestimate it.
+    It uses the observed labels' gradients and is never negative; the Hessian adds a term that can be, the
+    outputs' second derivatives weighted by the loss gradient, so the two agree only near a minimum where
+    the model fits the data well (Kunstner et al., 2019).
     """
     model.eval()
     layers = prunable(model)
@@ -92,7 +95,8 @@ def fisher_diagonal(model: nn.Module, batches: Iterable) -> Scores:
 
 
 def obd_scores(model: nn.Module, batches: Iterable) -> Scores:
-    """Optimal Brain Damage saliency ½·h_ii·w² (LeCun et al., 1990), h_ii from :func:`fisher_diagonal`."""
+    """Optimal Brain Damage saliency ½·h_ii·w² (LeCun et al., 1990), h_ii from :func:`fisher_diagonal`
+    (the empirical Fisher: the Hessian's diagonal only near a minimum where the model fits the data)."""
     fisher = fisher_diagonal(model, batches)
     return {n: 0.5 * fisher[n] * m.weight.detach().pow(2) for n, m in prunable(model).items()}
 
