@@ -99,7 +99,7 @@ def test_scaled_cast_maps_the_largest_value_to_the_format_maximum():
         assert torch.allclose(per_row.abs().amax(1), x.abs().amax(1), rtol=1e-6)
         relative = ((per_row - x).abs() / x.abs().amax(1, keepdim=True)).max()
         assert relative <= torch.finfo(fmt).eps  # relative precision, whatever the row's magnitude
-    tiny = x[0]  # values near 1e-4 fall among e4m3's subnormals unless a scale lifts them
+    tiny = x[0]  # values near 1e-4 lie below e4m3's smallest subnormal (2^-9) and round to 0 unless scaled
     unscaled = core.sqnr_db(tiny, tiny.to(torch.float8_e4m3fn).float())
     assert core.sqnr_db(tiny, core.scaled_cast(tiny, torch.float8_e4m3fn)) > unscaled + 10
     with pytest.raises(ValueError, match="dtype"):

@@ -273,6 +273,7 @@ def test_scaling_a_filter_before_batchnorm_changes_its_norm_but_not_the_output()
         if isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             m.running_var.fill_(1.0)
+            m.momentum = 0.0  # training-mode passes below leave the running statistics as set here
     assert ex.folded_norm_agreement(model)["rho"]["stem"] == pytest.approx(1.0)
     stem = [g.name for g in st.resnet_groups(model)].index("stem")
     before, quietest = model(x), int(st.channel_scores(model, "l1")[stem].argmin())

@@ -15,7 +15,9 @@ def roofline(ceilings: Ceilings, points: dict[str, tuple[float, float]], ax: plt
     """Draw the roofline of ``ceilings`` (log-log) and place measured ``points`` on it.
 
     ``points`` maps a label to ``(arithmetic intensity in FLOP/byte, achieved GFLOP/s)``.
-    Each dtype's matmul peak is a flat roof; the slanted line is memory bandwidth.
+    Each dtype's matmul peak is a flat roof; the slanted lines are memory bandwidth, a copy's
+    (the roof: most operators read and write) and a read's (dotted: what a kernel that only reads,
+    such as a decode step, can approach).
     """
     if not points:
         raise ValueError("points must name at least one measured kernel")
@@ -25,7 +27,7 @@ def roofline(ceilings: Ceilings, points: dict[str, tuple[float, float]], ax: plt
     x = np.logspace(np.log10(lo), np.log10(hi), 200)
     for dtype, peak in ceilings.matmul_gflops.items():
         ax.plot(x, np.minimum(peak, x * ceilings.bandwidth_gbs), label=f"roof: {dtype} matmul {peak:,.0f} GFLOP/s")
-    ax.plot(x, x * ceilings.bandwidth_gbs, ":", color="grey", label=f"bandwidth {ceilings.bandwidth_gbs:.0f} GB/s")
+    ax.plot(x, x * ceilings.read_gbs, ":", color="grey", label=f"read bandwidth {ceilings.read_gbs:.0f} GB/s")
     for label, (intensity, gflops) in points.items():
         ax.scatter(intensity, gflops, zorder=3)
         ax.annotate(label, (intensity, gflops), textcoords="offset points", xytext=(5, -12), fontsize=8)

@@ -114,20 +114,28 @@ def int8_vs_fp8(sqnr: dict[str, float]) -> str:
     fp8 = {"e4m3": sqnr["float8_e4m3fn scaled"], "e5m2": sqnr["float8_e5m2 scaled"]}
     beaten = [name for name, value in fp8.items() if sqnr["int8"] > value]
     if len(beaten) in (0, 2):
-        return "beats both" if beaten else "falls short of both"
-    return f"beats {beaten[0]} but falls short of {next(n for n in fp8 if n not in beaten)}"
+        return "beats both fp8 formats" if beaten else "falls short of both fp8 formats"
+    return f"beats fp8 {beaten[0]} but falls short of fp8 {next(n for n in fp8 if n not in beaten)}"
 
 
 def int8_crossover_crest(e4m3_db: float) -> float:
-    """The crest factor ``max|x| / rms(x)`` below which the Δ²/12 model (``sec-quant-basics-noise``) puts
-    symmetric int8 above a scaled fp8 format measured at ``e4m3_db``: solves
-    ``10 log10(12 * 127^2) - 20 log10(crest) = e4m3_db``."""
-    return 10 ** ((10 * math.log10(12 * 127**2) - e4m3_db) / 20)
+    """The crest factor below which :func:`int8_sqnr_model` puts symmetric int8 above a scaled fp8 format
+    measured at ``e4m3_db`` (solves ``int8_sqnr_model(crest) = e4m3_db``)."""
+    return 10 ** ((int8_sqnr_model(1.0) - e4m3_db) / 20)
 
 
 def crest_factor(x: torch.Tensor) -> float:
-    """``max|x| / rms(x)``: how far the largest value, which sets a min-max step, is above a typical one."""
-    return (x.abs().max() / x.pow(2).mean().sqrt()).item()
+    """``max|x| / rms(x)`` over the non-zero values of ``x``: how far the largest value, which sets a min-max
+    step, is above a typical one. Zeros are left out because every format stores them exactly, so only the
+    other values carry rounding noise (after a ReLU, half of them or more are zeros)."""
+    nonzero = x[x != 0]
+    return (nonzero.abs().max() / nonzero.pow(2).mean().sqrt()).item()
+
+
+def int8_sqnr_model(crest: float) -> float:
+    """Symmetric min-max int8's SQNR predicted by the Δ²/12 model (``sec-quant-basics-noise``):
+    ``10 log10(12 * 127^2) - 20 log10(crest)`` dB, with the step ``Δ = max|x| / 127``."""
+    return 10 * math.log10(12 * 127**2) - 20 * math.log10(crest)
 
 
 def check_formats(sqnr: dict[str, float]) -> None:

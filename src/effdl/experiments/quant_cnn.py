@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -296,16 +297,24 @@ def profile_top(times: dict[str, dict[str, float]], top: int = 4) -> dict[str, l
 
 
 def conv_rates(fp32: nn.Module, times: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Operations per second (G/s) the convolutions of each model achieve at batch 256: the convolutions'
-    FLOPs, counted on ``fp32`` (an int8 convolution does the same multiply-adds), over the self time of the
-    operators named ``conv`` in :func:`operator_times` (``sec-quant-cnn-engine``)."""
+    """Operations per second (G/s, two per multiply-add) the convolutions of each model achieve at batch 256:
+    the convolutions' FLOPs, counted on ``fp32`` (an int8 convolution does the same multiply-adds), over the
+    self time of the convolution operators in :func:`operator_times` (``sec-quant-cnn-engine``). The int8
+    engine's convolutions include their fused ReLU; fp32's BatchNorm and ReLU run as operators of their own."""
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         fp32(zoo.example_input("resnet-fmnist", BATCH_THROUGHPUT))
     conv_flops = sum(n for op, n in counter.get_flop_counts()["Global"].items() if "convolution" in str(op))
-    return {label: conv_flops / sum(ms for op, ms in ops.items() if "conv" in op) / 1e6 for label, ops in times.items()}
+    rates = {}
+    for label, ops in times.items():
+        ms = sum(t for op, t in ops.items() if CONV_OPERATOR.search(op))
+        if ms == 0:
+            raise ValueError(f"times of {label!r} hold no convolution operator: {sorted(ops)[:8]}")
+        rates[label] = conv_flops / ms / 1e6
+    return rates
 
 
+CONV_OPERATOR = re.compile(r"::(mkldnn_|_)?conv(olution|2d)")  # aten::mkldnn_convolution, quantized::conv2d_relu
 INT8_INSTRUCTIONS = {"avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI", "amx_int8": "AMX"}
 
 
@@ -316,6 +325,15 @@ def int8_instructions() -> list[str]:
     text = cpuinfo.read_text() if cpuinfo.exists() else ""
     flags = next((line.split() for line in text.splitlines() if line.startswith("flags")), [])
     return [name for flag, name in INT8_INSTRUCTIONS.items() if flag in flags]
+
+
+def int8_instructions_sentence(found: list[str]) -> str:
+    """What :func:`int8_instructions` found, as the sentence of ``sec-quant-cnn-engine``."""
+    if not found:
+        return ("This CPU has none of these instructions, so its int8 gain comes from moving fewer bytes; "
+                "expect a larger ratio on one that has them.")  # fmt: skip
+    names = found[0] if len(found) == 1 else ", ".join(found[:-1]) + " and " + found[-1]
+    return f"This CPU has {names}; expect a smaller ratio on one without them."
 
 
 # --- pitfalls ----------------------------------------------------------------------------------

@@ -366,6 +366,16 @@ def decode_table(suite: Suite, models: dict[str, nn.Module],
     return rows
 
 
+def read_rate_word(profile: dict[str, tuple[float, float, float]]) -> str:
+    """How fast the int8 and int4 kernels read their weights next to fp32's matrix multiply, in words, from
+    :func:`kernel_profile` (``sec-quant-llm-speed``)."""
+    fp32 = profile["fp32"][2]
+    slower = [profile[label][2] < fp32 for label in ("int8 weights", "int4 weights (g64)")]
+    if all(slower) or not any(slower):
+        return "more slowly than" if all(slower) else "at least as fast as"
+    return "one more slowly and one at least as fast as"
+
+
 def speedup(rows: dict[str, DecodeRow], label: str) -> float:
     """Decode speed of ``label`` over fp32's, from the same interleaved run."""
     return rows[label].tokens_per_s / rows["fp32"].tokens_per_s
@@ -416,6 +426,9 @@ def int4_storage(weight: torch.Tensor, group_size: int = 64) -> tuple[int, int, 
     """Bytes of ``weight`` in fp32, and of its int4 codes (groups of ``group_size``) kept one per ``int8``
     byte and packed two per byte by the int4 kernel's layout: the same codes, stored two ways
     (``sec-quant-llm-pitfalls``)."""
+    if not llm.int4_compatible(weight.shape, group_size):
+        raise ValueError(f"weight of shape {tuple(weight.shape)} does not fit the int4 layout with group_size "
+                         f"{group_size}: it needs group_size dividing the inputs and rows divisible by 16")  # fmt: skip
     codes = llm.int4_group_codes(weight.detach().float(), group_size)[0]
     one_per_byte = codes.to(torch.int8)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
@@ -458,7 +471,7 @@ def self_check_grid_int4(quantize: Callable[[torch.Tensor], torch.Tensor], withi
             layer.weight.copy_(quantize(layer.weight))
     change = suite.change(model)
     result = f"int4 g32 on your grid at {change:+.3f} % from fp32"
-    return claims.self_check([f"{result}; the target is within {within} %"] if abs(change) > within else [], result)
+    return claims.self_check([f"{result}; the target is at most +{within} %"] if change > within else [], result)
 
 
 # --- make bench ----------------------------------------------------------------------------------

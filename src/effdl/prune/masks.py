@@ -69,9 +69,10 @@ def fisher_diagonal(model: nn.Module, batches: Iterable) -> Scores:
     """Empirical Fisher diag: the mean over *samples* of (∂ℓ_i/∂w)², per-sample gradients from ``torch.func``.
 
     Squaring a mini-batch gradient instead would average before squaring and underestimate it.
-    It uses the observed labels' gradients and is never negative; the Hessian adds a term that can be, the
-    outputs' second derivatives weighted by the loss gradient, so the two agree only near a minimum where
-    the model fits the data well (Kunstner et al., 2019).
+    It is not the Hessian. The Hessian is a Gauss-Newton term plus the outputs' second derivatives weighted
+    by the loss gradient, which can be negative; the empirical Fisher uses the observed labels' gradients,
+    is never negative, and approximates the Gauss-Newton term only near a minimum where the model fits the
+    data well (Kunstner et al., 2019).
     """
     model.eval()
     layers = prunable(model)

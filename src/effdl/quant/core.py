@@ -154,10 +154,10 @@ def scaled_cast(x: torch.Tensor, dtype: torch.dtype, axis: int | None = None) ->
     finite value, as fp8 recipes do: cast as it is, a tensor of small values would use only the
     format's smallest exponents and subnormals. The scale stays in fp32, like an integer format's.
     """
-    if not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating-point format, got {dtype}")
+    if not dtype.is_floating_point or torch.finfo(dtype).bits > 16:
+        raise ValueError(f"dtype must be a floating-point format of 8 or 16 bits, got {dtype}")
     amax = x.abs().amax(dim=_reduce_dims(x, axis), keepdim=True).float()
-    scale = amax.clamp(min=torch.finfo(torch.float32).tiny) / torch.finfo(dtype).max
+    scale = (amax / torch.finfo(dtype).max).clamp(min=torch.finfo(torch.float32).tiny)  # all-zero: 0 stays 0
     return (x / scale).to(dtype).float() * scale
 
 

@@ -289,9 +289,9 @@ def int8_dynamic(model: nn.Module) -> nn.Module:
         return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).cpu(), qconfig, dtype=torch.qint8)
 
 
-def int4_compatible(linear: nn.Linear, group_size: int) -> bool:
-    """Whether PyTorch's CPU int4 kernel accepts this layer's shape with ``group_size``."""
-    rows, cols = linear.weight.shape
+def int4_compatible(shape: torch.Size, group_size: int) -> bool:
+    """Whether PyTorch's CPU int4 kernel accepts a ``rows x cols`` weight of this shape with ``group_size``."""
+    rows, cols = shape
     return group_size > 0 and cols % group_size == 0 and rows % 16 == 0
 
 
@@ -324,7 +324,7 @@ class WeightOnlyLinear(nn.Module):
             self.register_buffer("codes", torch.round(w / scale[:, None]).clamp(-128, 127).to(torch.int8))
             self.register_buffer("scales", scale.to(torch.bfloat16))
         else:
-            if not int4_compatible(linear, group_size):
+            if not int4_compatible(w.shape, group_size):
                 raise ValueError(
                     f"the int4 kernel needs group_size dividing in_features ({cols}) and out_features "
                     f"({rows}) divisible by 16; got group_size {group_size}"
@@ -358,7 +358,7 @@ def weight_only(model: nn.Module, bits: int = 8, group_size: int = 64) -> nn.Mod
     for name, layer in list(quantized.named_modules()):
         if isinstance(layer, nn.Linear):
             parent, _, attr = name.rpartition(".")
-            layer_bits = 8 if bits == 4 and not int4_compatible(layer, group_size) else bits
+            layer_bits = 8 if bits == 4 and not int4_compatible(layer.weight.shape, group_size) else bits
             setattr(quantized.get_submodule(parent) if parent else quantized, attr,
                     WeightOnlyLinear(layer, layer_bits, group_size))  # fmt: skip
     return quantized
