@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+from scipy.stats import spearmanr
 from torch import nn
 
 from effdl import bench as measure_bench
@@ -141,8 +142,6 @@ def folded_norm_agreement(model: nn.Module, p: int = 1) -> dict[str, object]:
     per group (``"rho"``, group name -> value) and the fraction of the channels that removing half of every group
     would keep under both rankings (``"same_kept"``).
     """
-    from scipy.stats import spearmanr
-
     rho, same, total = {}, 0, 0
     for group in structured.resnet_groups(model):
         raw, folded = torch.zeros(group.size), torch.zeros(group.size)
