@@ -75,6 +75,16 @@ def test_size_bytes_counts_storage_dtype_and_shared_weights(tmp_path):
         bench.size_bytes(tmp_path / "missing.bin")
 
 
+def test_size_bytes_counts_what_a_torchao_weight_holds():
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    model = nn.Sequential(nn.Linear(256, 64, bias=False))
+    quantize_(model, Int8WeightOnlyConfig())  # the weight becomes a tensor subclass that looks like fp32
+    weight = model[0].weight
+    assert weight.shape == (64, 256) and bench.tensor_bytes(weight) < 64 * 256 * 4 / 3
+    assert 64 * 256 <= bench.size_bytes(model) <= 64 * 256 + 64 * 8  # int8 codes plus one scale per row
+
+
 def test_parameter_bytes_leaves_buffers_out():
     bn = nn.BatchNorm1d(10)  # parameters: weight and bias; buffers: running statistics and a counter
     assert bench.parameter_bytes(bn) == 2 * 10 * 4 == bench.size_bytes(bn) - (2 * 10 * 4 + 8)

@@ -24,7 +24,7 @@ from torch import nn
 # cpp_extension (for its valgrind helpers, unused here); the warning is noise in every notebook.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 from torch.utils import benchmark  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass  # noqa: E402
 from torch.utils._pytree import tree_leaves  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
@@ -169,12 +169,25 @@ def parameter_bytes(model: nn.Module) -> int:
     return _storage_bytes(list(model.parameters()))
 
 
+def _data_tensors(t: torch.Tensor) -> list[torch.Tensor]:
+    """The plain tensors holding ``t``'s data: ``t`` itself, or the inner tensors of a wrapper subclass
+    (torchao's quantized weights keep codes and scales inside a tensor that only looks like fp32)."""
+    if is_traceable_wrapper_subclass(t):
+        return [leaf for name in t.__tensor_flatten__()[0] for leaf in _data_tensors(getattr(t, name))]
+    return [t]
+
+
 def _storage_bytes(tensors: list[torch.Tensor]) -> int:
     storages = {}
-    for t in tensors:
+    for t in (leaf for tensor in tensors for leaf in _data_tensors(tensor)):
         storage = t.untyped_storage()
         storages[storage.data_ptr()] = storage.nbytes()
     return sum(storages.values())
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Storage bytes of one tensor, a quantized tensor subclass's codes and scales included."""
+    return _storage_bytes([t])
 
 
 def flops(model: nn.Module, example: Any) -> int:

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from effdl.bench import tensor_bytes
 from effdl.lm import Batch, InputStats, block_linears, input_stats, transformer_blocks
 from effdl.quant.core import fake_quantize, grouped, qparams, qrange, quantize
 from effdl.quant.pack import packed_bytes
@@ -371,7 +372,7 @@ def decode_weight_bytes(model: nn.Module) -> int:
         if isinstance(m, WeightOnlyLinear):
             total += m.codes.numel() * m.codes.element_size() + m.scales.numel() * m.scales.element_size()
         elif isinstance(m, nn.Linear):
-            total += m.weight.numel() * m.weight.element_size()
+            total += tensor_bytes(m.weight)  # a torchao weight counts its codes and scales
         elif isinstance(m, torch.ao.nn.quantized.dynamic.Linear):
             total += m.weight().numel() + m.weight().q_per_channel_scales().numel() * 8  # fp64 scale, int64 zero
     return total
