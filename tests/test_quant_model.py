@@ -3,6 +3,7 @@
 import pytest
 import torch
 from torch import nn
+from torchao.quantization.pt2e import FakeQuantizeBase
 
 from effdl import data, zoo
 from effdl.experiments._shared import calibration_images
@@ -140,6 +141,37 @@ def test_int8_engine_agrees_with_simulation():
     assert agree > 0.98
     with pytest.raises(ValueError, match="backend"):
         qm.int8_engine(model, calib, calib[0], backend="tpu")
+
+
+def test_pt2e_int8_compiled_agrees_with_the_simulation(pt2e_cnn):
+    model, calib, reference, compiled = pt2e_cnn
+    simulated = quantize_model(model, QuantConfig(), calib)
+    x = data.fashion_mnist("test", limit=256).tensors[0]
+    with torch.inference_mode():
+        ours, theirs, ref = simulated(x).argmax(1), compiled(x).argmax(1), reference(x).argmax(1)
+    assert (theirs == ref).float().mean() > 0.99  # the compiler keeps the reference arithmetic
+    assert (theirs == ours).float().mean() > 0.95  # histogram vs min-max activation ranges differ a little
+    with pytest.raises(ValueError, match="example"):
+        qm.pt2e_int8(model, calib, calib[0][:1])  # a batch of 1 would be specialized by torch.export
+
+
+def test_pt2e_qat_fake_quantizes_weights_to_the_grid_and_holds_ranges_when_told():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 3))
+    x = torch.randn(8, 1, 28, 28)
+    prepared = qm.pt2e_qat(model, x, weight_bits=4)
+    fake_quantizers = [m for m in prepared.modules() if isinstance(m, FakeQuantizeBase)]
+    weight_quantizers = [m for m in fake_quantizers if m.is_per_channel]
+    assert weight_quantizers and all((q.quant_min, q.quant_max) == (-8, 7) for q in weight_quantizers)
+    prepared(x)
+    scales = [q.scale.clone() for q in fake_quantizers]
+    qm.pt2e_observe(prepared, False)
+    prepared(100 * x)  # would widen the activation ranges if the observers still ran
+    assert all(torch.equal(q.scale, s) for q, s in zip(fake_quantizers, scales, strict=True))
+    assert len(fake_quantizers) > len(weight_quantizers)  # activations have fake quantizers too
+    qm.pt2e_observe(prepared, True)
+    prepared(100 * x)
+    assert not all(torch.equal(q.scale, s) for q, s in zip(fake_quantizers, scales, strict=True))
 
 
 def test_chapter_verdict_words_and_selection_bias_bookkeeping():

