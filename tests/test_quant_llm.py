@@ -182,6 +182,23 @@ def test_weight_only_model_reads_fewer_bytes():
     assert relative_error(int8) < 0.01 < relative_error(int4) < 0.1
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+def test_torchao_weight_only_is_as_close_as_ours_and_as_small(bits):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 64))
+    x = torch.randn(6, 128)
+    theirs, ours = llm.torchao_weight_only(model, bits, group_size=32), llm.weight_only(model, bits, group_size=32)
+    with torch.no_grad():
+        reference = model(x)
+        errors = [(m(x.to(dtype)).float() - reference).norm() / reference.norm()
+                  for m, dtype in ((theirs, torch.bfloat16), (ours, torch.float32))]  # fmt: skip
+    assert errors[0] < 1.5 * errors[1] + 0.01  # bf16 activations add about 0.4 % of their own
+    assert theirs[0].weight.dtype == torch.bfloat16 and type(theirs[0].weight) is not nn.Parameter
+    assert llm.decode_weight_bytes(theirs) < 1.3 * llm.decode_weight_bytes(ours) < llm.decode_weight_bytes(model) / 2
+    with pytest.raises(ValueError, match="bits"):
+        llm.torchao_weight_only(model, 3)
+
+
 def test_gptq_on_stacked_layers_equals_gptq_on_each():
     torch.manual_seed(0)
     x = torch.randn(512, 32) @ torch.randn(32, 32)

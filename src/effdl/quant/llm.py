@@ -365,6 +365,30 @@ def weight_only(model: nn.Module, bits: int = 8, group_size: int = 64) -> nn.Mod
     return quantized
 
 
+def torchao_weight_only(model: nn.Module, bits: int = 8, group_size: int = 64) -> nn.Module:
+    """A bf16 CPU copy of ``model`` with every ``nn.Linear`` quantized by torchao's ``quantize_``
+    (``sec-quant-llm-speed``): ``Int8WeightOnlyConfig`` (one scale per row), or at 4 bits the CPU prototype
+    ``PrototypeInt4WeightOnlyConfig`` (groups of ``group_size``; in torchao 0.18 ``Int4WeightOnlyConfig``'s
+    packing formats are for GPU, XPU and NPU kernels). bf16, as torchao's CPU recipes use it: the int4 kernel's
+    activations are the model's dtype. Layers the int4 format rejects keep bf16. Eager mode, as measured here;
+    torchao's int8 weight-only path is fast only through ``torch.compile``."""
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, got {bits}")
+    if bits == 4:
+        from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
+
+        config = PrototypeInt4WeightOnlyConfig(group_size=group_size, set_inductor_config=False)
+    else:
+        config = Int8WeightOnlyConfig(set_inductor_config=False)
+    quantized = copy.deepcopy(model).cpu().to(torch.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "skipping" notices for the layers a format rejects
+        quantize_(quantized, config)
+    return quantized
+
+
 def decode_weight_bytes(model: nn.Module) -> int:
     """Bytes of the weights one decoding step reads: every linear layer's weights (codes and scales)."""
     total = 0
