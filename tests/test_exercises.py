@@ -63,6 +63,21 @@ def test_measuring_decode_bound():
     assert not measuring.self_check_decode_bound(model, 2 * bound)  # e.g. the copy bandwidth's double count
 
 
+def test_measuring_beats_cnn(monkeypatch):
+    """The check's verdicts on stand-in baselines (training real ones would take minutes): the baseline's
+    shape, a much narrower and a much wider CNN, with made-up accuracies."""
+    shapes = {(32, 2): 0.93, (4, 1): 0.91, (128, 3): 0.95, (4, 2): 0.80}
+
+    def pretrained(name, width=32, depth=2):
+        model = models.CNN(width, depth).eval()
+        return zoo.Baseline(model, zoo.recipe(name, width=width, depth=depth), {"test_accuracy": shapes[width, depth]})
+
+    monkeypatch.setattr(measuring.zoo, "pretrained", pretrained)
+    assert measuring.self_check_beats_cnn(4, 1)  # faster than the baseline's shape, and 91 %
+    assert not measuring.self_check_beats_cnn(128, 3)  # accurate, but slower
+    assert not measuring.self_check_beats_cnn(4, 2)  # fast, but 80 %
+
+
 # --- Chapter 2 ---------------------------------------------------------------------------------
 
 
