@@ -424,8 +424,8 @@ def check_pt2e_speed(times: dict[int, dict[str, float]], fp32: str = "fp32", int
 def pt2e_qat_row(model: nn.Module, calibration: list[torch.Tensor], label: str = "W4A8") -> QATRow:
     """The ``label`` format of :data:`QAT_FORMATS` through torchao's PT2E QAT flow (:func:`effdl.quant.model.pt2e_qat`):
     calibrated on ``calibration``, then fine-tuned exactly as :func:`qat_finetune` fine-tunes the book's QAT.
-    Accuracy before and after, both simulated with the ranges held fixed, as the book's QAT is measured
-    (``sec-quant-cnn-qat``); ``convert_pt2e`` would give the same arithmetic as quantize/dequantize pairs."""
+    Accuracy before and after, both simulated (fake quantization) with the ranges held fixed, as the book's QAT
+    is measured (``sec-quant-cnn-qat``)."""
     config = QAT_FORMATS[label]
     if config.weight_format != "int" or config.act_bits != 8:
         raise ValueError(f"label must name an integer-weight format with 8-bit activations, got {label!r}")

@@ -240,7 +240,7 @@ class _Compiled(nn.Module):
 
     def __init__(self, graph: nn.Module, freezing: bool) -> None:
         super().__init__()
-        self.graph, self.freezing = graph, freezing
+        self.freezing = freezing
         self.compiled = torch.compile(graph, dynamic=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -250,10 +250,11 @@ class _Compiled(nn.Module):
 
 def compile_int8(converted: nn.Module, freezing: bool = True) -> nn.Module:
     """``torch.compile`` (Inductor) of a :func:`pt2e_int8` model: each dequantize-conv-quantize pattern becomes
-    one oneDNN int8 kernel (``sec-quant-cnn-pt2e``). ``freezing`` treats the weights as constants, so they are
-    quantized and packed once, at compile time; without it every call re-packs them (a pitfall). torchao's
-    recipe sets ``torch._inductor.config.freezing`` for the whole process; here it is set for this model's
-    calls only. Shapes are static: the first call at each batch size compiles."""
+    one oneDNN int8 kernel (``sec-quant-cnn-pt2e``). ``freezing`` makes the weights constants of the compiled
+    graph, quantized and packed once, at compile time; without it those patterns do not match and the
+    convolutions run in fp32 on weights dequantized in every call (exercise 6 of ``chap-quant-cnn``).
+    torchao's recipe sets ``torch._inductor.config.freezing`` for the whole process; here it is set for this
+    model's calls only. Shapes are static: the first call at each batch size compiles."""
     return _Compiled(converted, freezing)
 
 
@@ -261,8 +262,7 @@ def pt2e_qat(model: nn.Module, example: torch.Tensor, weight_bits: int = 8) -> n
     """torchao's PT2E QAT for convolutions (``sec-quant-cnn-qat``): the exported training graph with
     fake quantizers (``weight_bits``-bit per-channel weights, u8 activations) and BatchNorm folding simulated,
     ready to calibrate and fine-tune; :func:`pt2e_convert` turns the trained result into quantize/dequantize
-    pairs. Its fake quantizers track moving min/max ranges; the
-    book's own QAT learns its scales (LSQ)."""
+    pairs. Its fake quantizers track moving min/max ranges; the book's own QAT learns its scales (LSQ)."""
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
