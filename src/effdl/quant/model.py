@@ -244,7 +244,8 @@ class _Compiled(nn.Module):
         self.compiled = torch.compile(graph, dynamic=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch._inductor.config.patch(freezing=self.freezing):
+        with torch._inductor.config.patch(freezing=self.freezing), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "To copy construct from a tensor")  # Inductor's own, when compiling
             return self.compiled(x)
 
 
