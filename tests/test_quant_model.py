@@ -6,7 +6,7 @@ from torch import nn
 from torchao.quantization.pt2e import FakeQuantizeBase
 
 from effdl import data, zoo
-from effdl.experiments._shared import calibration_images
+from effdl.experiments._shared import calibration_images, speed_comparison
 from effdl.quant import QuantConfig, calibrate, quantize_model
 from effdl.quant import layers as ql
 from effdl.quant import model as qm
@@ -178,6 +178,7 @@ def test_chapter_verdict_words_and_selection_bias_bookkeeping():
     from effdl.experiments import quant_cnn
 
     assert [quant_cnn.speed_word(r) for r in (6.5, 1.05, 0.8)] == ["faster", "about as fast", "slower"]
+    assert [speed_comparison(r) for r in (6.5, 1.05, 0.8)] == ["faster than", "about as fast as", "slower than"]
     assert quant_cnn.speedup({"fp32": 0.03, "int8": 0.01}) == pytest.approx(3.0)
     right = torch.tensor([True] * 90 + [False] * 10)
     versions = quant_cnn.Selection(val=[0.80, 0.90, 0.85], test=[0.91, 0.89, 0.90],

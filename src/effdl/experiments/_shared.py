@@ -50,6 +50,17 @@ def calibration_images(images: int | None = None, batch_size: int = 256) -> list
     return [x for x, _ in data.loader(subset, batch_size, shuffle=True)]
 
 
+def speed_word(ratio: float, margin: float = 0.1) -> str:
+    """``faster``, ``slower`` or ``about as fast`` for a speed-up ``ratio`` (within ``margin`` of 1: about as fast)."""
+    return "faster" if ratio > 1 + margin else "slower" if ratio < 1 - margin else "about as fast"
+
+
+def speed_comparison(ratio: float, margin: float = 0.1) -> str:
+    """:func:`speed_word` before a noun: ``faster than``, ``slower than`` or ``about as fast as``."""
+    word = speed_word(ratio, margin)
+    return "about as fast as" if word == "about as fast" else f"{word} than"
+
+
 def smollm2_windows(tokenizer, split: str, seq_len: int, n_windows: int, batch_size: int = 8) -> list[lm.Batch]:
     """Shakespeare ``split`` in SmolLM2 tokens, cut into :func:`effdl.lm.token_windows`."""
     text = data.shakespeare().text(split)

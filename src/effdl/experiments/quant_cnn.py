@@ -26,7 +26,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from effdl import bench as timing
 from effdl import claims, data, stats, train, zoo
 from effdl.config import pick
-from effdl.experiments._shared import calibration_images, fmnist_accuracy, fmnist_batches, fmnist_correct
+from effdl.experiments._shared import (
+    calibration_images,
+    fmnist_accuracy,
+    fmnist_batches,
+    fmnist_correct,
+    speed_word,  # noqa: F401 (the chapter's notebook calls ex.speed_word)
+)
 from effdl.quant import QuantConfig, core, quantize_model
 from effdl.quant import model as qmodel
 from effdl.quant.layers import fold_batchnorms
@@ -273,11 +279,6 @@ def engine_speed(model: nn.Module, engine: nn.Module,
 def speedup(times: dict[str, float]) -> float:
     """fp32 seconds over int8 seconds: how many times faster the int8 engine is."""
     return times["fp32"] / times["int8"]
-
-
-def speed_word(ratio: float, margin: float = 0.1) -> str:
-    """``faster``, ``slower`` or ``about as fast`` for a speed-up ``ratio`` (within ``margin`` of 1: about as fast)."""
-    return "faster" if ratio > 1 + margin else "slower" if ratio < 1 - margin else "about as fast"
 
 
 def check_speed(times: dict[int, dict[str, float]]) -> float:

@@ -22,7 +22,10 @@ from torch import nn
 from effdl import bench as timing
 from effdl import claims, lm
 from effdl.config import device, pick
-from effdl.experiments._shared import lm_suite
+from effdl.experiments._shared import (
+    lm_suite,
+    speed_comparison,  # noqa: F401 (the chapter's notebook calls it)
+)
 from effdl.quant import core, llm
 
 NOTEBOOK = "04_quant_llm"
