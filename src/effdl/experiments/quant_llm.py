@@ -47,7 +47,7 @@ W8A8_VARIANTS = {  # label -> (SmoothQuant alpha or None, one activation scale p
 W8A8_LABELS = pick(fast=("per tensor, naive", "per tensor, SmoothQuant 0.8", "per token, SmoothQuant 0.5"),
                    full=tuple(W8A8_VARIANTS))  # fmt: skip
 DECODE_ALPHA = 0.8  # SmoothQuant's alpha for the smoothed int8 W8A8 decoder
-DECODE_TOKENS = pick(fast=4, full=32)  # tokens generated per timed decode
+DECODE_TOKENS = pick(fast=8, full=32)  # tokens generated per timed decode
 DECODE_ROUNDS = pick(fast=2, full=5)  # interleaved rounds over the decoders; the median is kept
 PROMPT_TOKENS = 8  # the prompt: the first tokens of the held-out text
 PROFILE_STEPS = pick(fast=1, full=16)  # decoding steps the kernel profile records
@@ -332,21 +332,24 @@ def compare_decode(models: dict[str, nn.Module], ids: torch.Tensor, new_tokens: 
                    rounds: int = DECODE_ROUNDS) -> dict[str, float]:  # fmt: skip
     """Greedy decode tokens per second of each model, prefill excluded, timed interleaved: in each of ``rounds``
     rounds every model generates ``new_tokens + 1`` tokens and 1 token in turn, and its speed is the extra
-    tokens over the extra time; each model keeps its median over the rounds, so a slow moment of the machine
-    hits every model alike (the interleaving of :func:`effdl.bench.compare_latency`)."""
+    tokens over the extra time, from the median time of each length over the rounds, so a slow moment of the
+    machine hits every model alike (the interleaving of :func:`effdl.bench.compare_latency`)."""
     if rounds <= 0 or new_tokens <= 0:
         raise ValueError(f"rounds and new_tokens must be positive, got {rounds}, {new_tokens}")
     for model in models.values():
         _generate(model, ids, 2)  # warm-up: the first call of each model pays for allocations and caches
-    speeds: dict[str, list[float]] = {name: [] for name in models}
+    long: dict[str, list[float]] = {name: [] for name in models}
+    short: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
         for name, model in models.items():
             start = time.perf_counter()
             _generate(model, ids, new_tokens + 1)
             middle = time.perf_counter()
             _generate(model, ids, 1)
-            speeds[name].append(new_tokens / ((middle - start) - (time.perf_counter() - middle)))
-    return {name: statistics.median(s) for name, s in speeds.items()}
+            long[name].append(middle - start)
+            short[name].append(time.perf_counter() - middle)
+    # medians of each length first: one slow 1-token call cannot turn a round's difference negative
+    return {name: new_tokens / (statistics.median(long[name]) - statistics.median(short[name])) for name in models}
 
 
 @dataclasses.dataclass(frozen=True)
