@@ -65,3 +65,25 @@ def test_report_runs_one_chapter_and_fails_on_a_failed_claim(tmp_path, monkeypat
     assert "targets met: 1 of 2" in printed and "FAILS" in printed
     rows = json.loads(out.read_text())["chapters"]["quant_basics"]
     assert [r["kind"] for r in rows] == ["claim", "claim", "measure"] and rows[1]["met"] is False
+
+
+def test_on_cpu_keeps_a_cpu_model_and_copies_one_from_elsewhere(monkeypatch):
+    model = torch.nn.Linear(3, 2)
+    assert _shared.on_cpu(model) is model
+    monkeypatch.setattr(_shared, "model_device", lambda m: torch.device("cuda"))  # as if it were on a GPU
+    copied = _shared.on_cpu(model)
+    assert copied is not model and torch.equal(copied.weight, model.weight)
+    assert copied.weight.device.type == "cpu"
+
+
+@pytest.mark.parametrize(("chapter", "loader"), [
+    ("quant_cnn", lambda ex: ex.baselines()["resnet-fmnist"]),
+    ("prune_unstructured", lambda ex: ex.resnet()),
+    ("prune_structured", lambda ex: ex.baseline()),
+])  # fmt: skip
+def test_chapter_models_go_to_effdl_device(chapter, loader, monkeypatch):
+    """Each chapter's models are put on ``effdl.device()`` (a GPU where there is one), not pinned to the CPU:
+    with the device swapped for ``meta`` the loaded baseline must end up there."""
+    module = experiments.chapters()[chapter]
+    monkeypatch.setattr(module, "device", lambda: torch.device("meta"))
+    assert {p.device.type for p in loader(module).parameters()} == {"meta"}

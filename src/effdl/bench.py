@@ -99,8 +99,12 @@ def call_times(fn: Callable[[], Any], n: int, *, warmup: int = 0,
     return times
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter or buffer; the CPU for a model with neither (an int8 engine
+    keeps its packed weights outside both)."""
     tensor = next(iter(model.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(model.buffers()), None)
     return tensor.device if tensor is not None else torch.device("cpu")
 
 
@@ -108,7 +112,7 @@ def latency(model: nn.Module, example: torch.Tensor, *, min_run_time: float | No
             warmup: int | None = None) -> Timing:  # fmt: skip
     """Seconds for one forward pass of ``model`` on ``example`` (inference mode)."""
     model.eval()
-    dev = _model_device(model)
+    dev = model_device(model)
     example = example.to(dev)
 
     def forward() -> None:
@@ -194,7 +198,7 @@ def flops(model: nn.Module, example: Any) -> int:
     """Floating-point operations of one forward pass (a multiply-add counts 2), by
     ``torch.utils.flop_counter.FlopCounterMode``. Ops it does not know count 0."""
     if isinstance(example, torch.Tensor):
-        example = example.to(_model_device(model))
+        example = example.to(model_device(model))
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         model(example)
@@ -371,7 +375,7 @@ def decode_tokens_per_s(model: nn.Module, input_ids: torch.Tensor, new_tokens: i
     """
     if new_tokens <= 0 or repeats <= 0:
         raise ValueError(f"new_tokens and repeats must be positive, got {new_tokens}, {repeats}")
-    dev = _model_device(model)
+    dev = model_device(model)
     input_ids = input_ids.to(dev)
 
     def run(n: int) -> None:

@@ -160,10 +160,12 @@ def fit(
 
 
 def finetune(model: nn.Module, epochs: int, lr: float = 0.01, train_limit: int | None = None,
-             grad_clip: float | None = 1.0, progress: bool = False) -> nn.Module:  # fmt: skip
+             grad_clip: float | None = 1.0, progress: bool = False,
+             device: torch.device | None = None) -> nn.Module:  # fmt: skip
     """Fine-tune an image classifier on the Fashion-MNIST train split: SGD with Nesterov momentum, cosine
     decay, flips; used after quantization (``sec-quant-cnn-qat``) and after pruning
-    (``sec-prune-unstructured-iterative``, ``sec-prune-structured-headline``).
+    (``sec-prune-unstructured-iterative``, ``sec-prune-structured-headline``). The model trains on ``device``
+    (default :func:`effdl.device`) and stays there.
 
     Gradients are clipped: a network whose BatchNorms were folded away (``chap-quant-cnn``) diverges easily.
     """
@@ -172,5 +174,6 @@ def finetune(model: nn.Module, epochs: int, lr: float = 0.01, train_limit: int |
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(loader))
     fit(model, loader, epochs=epochs, optimizer=opt, scheduler=sched,
-        augment=functools.partial(data.augment_fmnist, shift=0), grad_clip=grad_clip, progress=progress)  # fmt: skip
+        augment=functools.partial(data.augment_fmnist, shift=0), grad_clip=grad_clip, progress=progress,
+        device=device)  # fmt: skip
     return model.eval()

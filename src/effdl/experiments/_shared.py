@@ -1,17 +1,27 @@
 """Data and evaluation that several chapters share: Fashion-MNIST test/validation accuracy, calibration
-images, and the held-out Shakespeare windows every language-model chapter measures on."""
+images, the held-out Shakespeare windows every language-model chapter measures on, and :func:`on_cpu` for the
+steps that have CPU kernels only."""
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import torch
 from torch import nn
 
 from effdl import data, lm, models, train, zoo
+from effdl.bench import model_device
 from effdl.config import pick
 
 LM_NAMES = ("gpt-shakespeare", "smollm2")
+
+
+def on_cpu(model: nn.Module) -> nn.Module:
+    """``model`` itself if it is on the CPU, else a CPU copy of it: for the steps that run on the CPU only
+    (the int8 engines, compiled x86 int8 graphs, CPU weight-only kernels) and for timings against them, so
+    that both sides of a comparison run on the same device. The original stays where it was."""
+    return model if model_device(model).type == "cpu" else copy.deepcopy(model).cpu()
 
 
 @functools.cache
@@ -71,7 +81,9 @@ def smollm2_windows(tokenizer, split: str, seq_len: int, n_windows: int, batch_s
 def lm_suite(name: str) -> tuple[nn.Module, list[lm.Batch], list[lm.Batch]]:
     """``(model, held-out test windows, calibration windows)`` for ``gpt-shakespeare`` or ``smollm2``:
     test windows from the test split, calibration windows from the train split (fast mode: fewer and
-    shorter; two test windows for SmolLM2, whose every scored variant costs a forward pass over them)."""
+    shorter; two test windows for SmolLM2, whose every scored variant costs a forward pass over them; in full
+    mode its 16 calibration windows hold 8,192 tokens, over five times the widest layer's inputs, and keep
+    sequential GPTQ to about a minute per format on a 2-core CPU)."""
     if name == "gpt-shakespeare":
         model, corpus = zoo.pretrained(name).model.eval(), data.shakespeare()
         context = model.cfg.context
@@ -81,5 +93,5 @@ def lm_suite(name: str) -> tuple[nn.Module, list[lm.Batch], list[lm.Batch]]:
         model, tokenizer = models.smollm2()
         length = pick(fast=128, full=512)
         test = smollm2_windows(tokenizer, "test", length, pick(fast=2, full=16), batch_size=4)
-        return model, test, smollm2_windows(tokenizer, "train", length, pick(fast=8, full=32), batch_size=4)
+        return model, test, smollm2_windows(tokenizer, "train", length, pick(fast=8, full=16), batch_size=4)
     raise ValueError(f"name must be one of {LM_NAMES}, got {name!r}")

@@ -3,6 +3,11 @@ and iterative pruning of the Fashion-MNIST baselines, sensitivity, storage, and 
 
 The notebook and :func:`bench` call the same functions, and the same ``check_*`` functions assert the
 chapter's claims in both. The ``self_check_*`` functions check a student's answers to the exercises.
+
+Models, scores and fine-tuning live on :func:`effdl.device` (a GPU where there is one). The sparse-kernel
+timings (:func:`crossover`, Exercise 5) measure ``torch.sparse.mm`` on the CPU, the device this chapter's
+verdict on unstructured sparsity is about; ``chap-prune-structured`` measures the GPU's 2:4 kernels where there
+is a GPU.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from torch.func import functional_call, jacrev, vmap
 
 from effdl import bench as measure_bench
 from effdl import claims, stats, train, zoo
-from effdl.config import pick, seed_everything
+from effdl.config import device, pick, seed_everything
 from effdl.experiments._shared import fmnist_accuracy, fmnist_batches, fmnist_correct, score_batches
 from effdl.prune import recipes, storage
 from effdl.prune.masks import (
@@ -46,9 +51,9 @@ VARIANTS = {
 
 
 def baseline(name: str = "resnet-fmnist") -> nn.Module:
-    """A trained baseline of ``chap-measuring`` in eval mode, its convolution weights channels-last (faster
-    on CPU, the same results)."""
-    return zoo.pretrained(name).model.eval().to(memory_format=torch.channels_last)
+    """A trained baseline of ``chap-measuring`` in eval mode on :func:`effdl.device`, its convolution weights
+    channels-last (faster on a CPU and on a GPU's tensor cores, the same results)."""
+    return zoo.pretrained(name).model.eval().to(device(), memory_format=torch.channels_last)
 
 
 def resnet() -> nn.Module:
@@ -228,7 +233,7 @@ def lottery_ticket(name: str, target: float, epochs: int) -> Comparison:
     """
     dense = zoo.pretrained(name, epochs=epochs, train_limit=pick(fast=8000, full=None))
     masks = global_masks(magnitude_scores(dense.model), target)
-    models = {"dense": dense.model}
+    models = {"dense": dense.model.to(device())}
     for label, seed in (("ticket", dense.recipe.train["seed"]), ("random reinit", dense.recipe.train["seed"] + 1)):
         seed_everything(seed)  # the dense run's own starting point for the ticket, a fresh draw for the control
         initial = zoo.build(dense.recipe.arch).state_dict()
@@ -236,7 +241,7 @@ def lottery_ticket(name: str, target: float, epochs: int) -> Comparison:
         seed_everything(dense.recipe.train["seed"])  # the same data order for both
         with MaskKeeper(model, masks):
             zoo.train_fmnist(model, dense.recipe.train)
-        models[label] = model.cpu().to(memory_format=torch.contiguous_format).eval()
+        models[label] = model.to(device(), memory_format=torch.contiguous_format).eval()
     return compare({"ticket": models["ticket"], "random reinit": models["random reinit"], "dense": models["dense"]},
                    "ticket", "random reinit")  # fmt: skip
 
@@ -401,8 +406,9 @@ def self_check_sparse_conv(sparse_conv: Callable[[torch.Tensor, nn.Conv2d], torc
                            faster: bool | None = None, timing_batch: int = 256) -> bool:  # fmt: skip
     """Exercise 5: does ``sparse_conv(x, conv)`` (a CSR ``torch.sparse.mm`` on the unfolded input) give the
     output of ``conv`` for the ResNet's last convolution pruned to 90 %? With ``faster`` (your prediction: is it
-    faster than ``conv(x)`` at ``timing_batch``?), both are also timed interleaved and the prediction checked."""
-    conv = copy.deepcopy(prunable(resnet())["stages.2.0.conv2"])
+    faster than ``conv(x)`` at ``timing_batch``?), both are also timed interleaved and the prediction checked.
+    Everything runs on the CPU, whose sparse kernels the chapter measures."""
+    conv = copy.deepcopy(prunable(resnet())["stages.2.0.conv2"]).cpu()
     apply_masks_(conv, {"": global_masks(magnitude_scores(conv), 0.9)[""]})
     x = torch.randn(batch, conv.in_channels, 7, 7)
     with torch.no_grad():

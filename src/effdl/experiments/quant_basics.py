@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from effdl import claims, zoo
+from effdl.config import device
 from effdl.experiments._shared import calibration_images
 from effdl.quant import core, observers, pack
 from effdl.quant.layers import fold_batchnorms
@@ -48,7 +49,7 @@ def _name(fmt: torch.dtype) -> str:
 
 @dataclass(frozen=True)
 class Tensors:
-    """What the chapter quantizes, all taken from the trained baselines, on the CPU."""
+    """What the chapter quantizes, all taken from the trained baselines, returned on the CPU."""
 
     weights: torch.Tensor  # every conv weight of the BN-folded ResNet, in one vector
     conv: torch.Tensor  # one folded conv weight (out, in, k, k): the granularity and packing example
@@ -60,19 +61,22 @@ class Tensors:
 
 def tensors() -> Tensors:
     """The folded ResNet's conv weights (BatchNorm merged in, the weights that run: ``chap-quant-cnn``), the
-    GPT's linear weights and the ResNet's activations on 512 training images."""
-    resnet = zoo.pretrained("resnet-fmnist").model.eval().cpu()
-    convs = [m.weight.detach() for m in fold_batchnorms(resnet).modules() if isinstance(m, torch.nn.Conv2d)]
+    GPT's linear weights and the ResNet's activations on 512 training images.
+
+    The ResNet runs on :func:`effdl.device`; every tensor is then moved to the CPU: the chapter's
+    measurements are statistics of a few million values each, plotted with NumPy."""
+    resnet = zoo.pretrained("resnet-fmnist").model.eval().to(device())
+    convs = [m.weight.detach().cpu() for m in fold_batchnorms(resnet).modules() if isinstance(m, torch.nn.Conv2d)]
     gpt = zoo.pretrained("gpt-shakespeare").model.eval().cpu()
     linears = [m.weight.detach() for m in gpt.blocks.modules() if isinstance(m, torch.nn.Linear)]
-    images = torch.cat(calibration_images(CALIBRATION_IMAGES))
+    images = torch.cat(calibration_images(CALIBRATION_IMAGES)).to(device())
     with torch.no_grad():
         stem = resnet.stem(images)
         tail = resnet.stages[:-1](stem)
     return Tensors(weights=torch.cat([w.flatten() for w in convs]), conv=convs[3],
                    gpt_weights=torch.cat([w.flatten() for w in linears]),
-                   gpt_linear=gpt.blocks[0].mlp[0].weight.detach(), activations=stem.flatten(),
-                   tail=tail.flatten())  # fmt: skip
+                   gpt_linear=gpt.blocks[0].mlp[0].weight.detach(), activations=stem.flatten().cpu(),
+                   tail=tail.flatten().cpu())  # fmt: skip
 
 
 # --- formats ----------------------------------------------------------------------------------

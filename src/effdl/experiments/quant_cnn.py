@@ -7,6 +7,11 @@ functions assert the chapter's claims for both. The ``self_check_*`` functions a
 Accuracies are the book's (:func:`effdl.train.accuracy`, a fraction) on the test split's shared
 :func:`~effdl.experiments._shared.fmnist_batches` (its first 1,000 images in fast mode);
 differences are reported in points (pt = 0.01).
+
+The models live on :func:`effdl.device` (a GPU where there is one): calibration, the simulations and QAT run
+there. The int8 engines have CPU kernels only, so the FX engine, torchao's PT2E route (and its QAT, whose
+exported graph is specialized to the CPU) and every timing and profile against them run on the CPU, with
+CPU copies of the fp32 model (:func:`~effdl.experiments._shared.on_cpu`).
 """
 
 from __future__ import annotations
@@ -25,12 +30,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from effdl import bench as timing
 from effdl import claims, data, stats, train, zoo
-from effdl.config import pick
+from effdl.bench import model_device
+from effdl.config import device, pick
 from effdl.experiments._shared import (
     calibration_images,
     fmnist_accuracy,
     fmnist_batches,
     fmnist_correct,
+    on_cpu,
     speed_word,  # noqa: F401 (the chapter's notebook calls ex.speed_word)
 )
 from effdl.quant import QuantConfig, core, quantize_model
@@ -64,7 +71,7 @@ QAT_FORMATS = {
 }
 QAT_LABELS = pick(fast=("W4A8", "ternary"), full=tuple(QAT_FORMATS))
 QAT_EPOCHS = pick(fast=1, full=2)
-QAT_IMAGES = pick(fast=2000, full=20000)
+QAT_IMAGES = pick(fast=2000, full=20000, gpu=60000)  # a GPU fine-tunes on the whole train split
 
 SELECTION_SETS = 8  # calibration sets the selection-bias pitfall draws
 SELECTION_IMAGES = 64  # images in each
@@ -76,8 +83,8 @@ SELECTION_ACT_BITS = 5
 
 
 def baselines() -> dict[str, nn.Module]:
-    """The trained ResNet and CNN of ``chap-measuring``, in eval mode on the CPU."""
-    return {name: zoo.pretrained(name).model.eval().cpu() for name in MODELS}
+    """The trained ResNet and CNN of ``chap-measuring``, in eval mode on :func:`effdl.device`."""
+    return {name: zoo.pretrained(name).model.eval().to(device()) for name in MODELS}
 
 
 def calibration() -> list[torch.Tensor]:
@@ -94,7 +101,7 @@ def accuracies(models: dict[str, nn.Module]) -> dict[str, float]:
 def difference_from_torch(weight: torch.Tensor) -> float:
     """Largest gap between our per-channel int8 fake-quantization and ``torch.fake_quantize_per_channel_affine``."""
     scale = core.qparams(*core.minmax(weight, 0))[0].flatten()
-    zero = torch.zeros(weight.shape[0], dtype=torch.int32)
+    zero = torch.zeros(weight.shape[0], dtype=torch.int32, device=weight.device)
     theirs = torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -128, 127)
     return (core.fake_quantize(weight, 8, axis=0) - theirs).abs().max().item()
 
@@ -105,7 +112,7 @@ def difference_from_torch(weight: torch.Tensor) -> float:
 def folding_gap(model: nn.Module, images: int = 256) -> tuple[int, float]:
     """Number of BatchNorms and the largest change in a logit on ``images`` test images once they are
     folded into the convolutions (``sec-quant-cnn-folding``)."""
-    x = data.fashion_mnist("test", limit=images).tensors[0]
+    x = data.fashion_mnist("test", limit=images).tensors[0].to(model_device(model))
     with torch.no_grad():
         gap = (fold_batchnorms(model)(x) - model(x)).abs().max().item()
     return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()), gap
@@ -168,10 +175,11 @@ def sensitivity_scan(model: nn.Module, bits: int = SCAN_BITS) -> dict[str, float
     return {name: fmnist_accuracy(quantize_model(model, config)) for name, config in configs.items()}
 
 
-def qat_finetune(quantized: nn.Module) -> nn.Module:
+def qat_finetune(quantized: nn.Module, on: torch.device | None = None) -> nn.Module:
     """Fine-tune a quantized model through its quantizers, in place (``sec-quant-cnn-qat``): SGD, cosine
-    schedule, clipped gradients, :data:`QAT_EPOCHS` epochs over :data:`QAT_IMAGES` training images."""
-    return train.finetune(quantized, QAT_EPOCHS, lr=0.01, train_limit=QAT_IMAGES)
+    schedule, clipped gradients, :data:`QAT_EPOCHS` epochs over :data:`QAT_IMAGES` training images, on device
+    ``on`` (default :func:`effdl.device`)."""
+    return train.finetune(quantized, QAT_EPOCHS, lr=0.01, train_limit=QAT_IMAGES, device=on)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,13 +218,15 @@ def check_qat(chart: dict[str, QATRow], fp32: float) -> None:
 
 @torch.inference_mode()  # as in effdl.bench.latency: a compiled model would compile again for another grad mode
 def _predictions(model: nn.Module, batch: int | None = None) -> torch.Tensor:
-    """``model``'s class for every test image of :func:`fmnist_batches`; with ``batch``, ``batch`` images at a
-    time, the last batch padded with zeros, so a model compiled for one static shape compiles once."""
+    """``model``'s class for every test image of :func:`fmnist_batches`, run on ``model``'s device and returned
+    on the CPU; with ``batch``, ``batch`` images at a time, the last batch padded with zeros, so a model compiled
+    for one static shape compiles once."""
+    dev = model_device(model)
     if batch is None:
-        return torch.cat([model(x).argmax(1) for x, _ in fmnist_batches()])
+        return torch.cat([model(x.to(dev)).argmax(1).cpu() for x, _ in fmnist_batches()])
     images = torch.cat([x for x, _ in fmnist_batches()])
     padded = torch.cat([images, images.new_zeros(-len(images) % batch, *images.shape[1:])])
-    return torch.cat([model(chunk).argmax(1) for chunk in padded.split(batch)])[: len(images)]
+    return torch.cat([model(chunk.to(dev)).argmax(1).cpu() for chunk in padded.split(batch)])[: len(images)]
 
 
 def _labels() -> torch.Tensor:
@@ -255,8 +265,8 @@ class EngineResult:
 
 
 def int8_engine(model: nn.Module, calibration: list[torch.Tensor]) -> EngineResult:
-    """``model`` converted to a real int8 CPU model and simulated at W8A8 with the same calibration images;
-    their test predictions (``sec-quant-cnn-engine``)."""
+    """``model`` converted to a real int8 CPU model (the engine is built from a CPU copy) and simulated at W8A8
+    with the same calibration images on ``model``'s device; their test predictions (``sec-quant-cnn-engine``)."""
     engine = qmodel.int8_engine(model, calibration, calibration[0])
     simulated = quantize_model(model, QuantConfig(), calibration)
     return EngineResult(engine, simulated, _predictions(engine), _predictions(simulated))
@@ -271,9 +281,10 @@ def check_engine(result: EngineResult) -> float:
 def engine_speed(model: nn.Module, engine: nn.Module,
                  batches: tuple[int, ...] = SPEED_BATCHES) -> dict[int, dict[str, float]]:  # fmt: skip
     """Seconds per forward pass of fp32 ``model`` and the int8 ``engine`` at each batch size, timed
-    interleaved with :func:`effdl.bench.compare_latency` on the CPU (``sec-quant-cnn-engine``)."""
-    return {batch: timing.compare_latency({"fp32": model, "int8": engine}, zoo.example_input("resnet-fmnist", batch))
-            for batch in batches}  # fmt: skip
+    interleaved with :func:`effdl.bench.compare_latency` on the CPU, where the engine runs: fp32 is timed
+    there too (``sec-quant-cnn-engine``)."""
+    models = {"fp32": on_cpu(model), "int8": engine}
+    return {batch: timing.compare_latency(models, zoo.example_input("resnet-fmnist", batch)) for batch in batches}
 
 
 def speedup(times: dict[str, float]) -> float:
@@ -290,10 +301,11 @@ def check_speed(times: dict[int, dict[str, float]]) -> float:
 
 
 def file_bytes(model: nn.Module, quantized: nn.Module) -> tuple[int, int]:
-    """Bytes of the safetensors files of ``model`` (fp32) and of ``quantized`` (packed codes, scales, biases)."""
+    """Bytes of the safetensors files of ``model`` (fp32) and of ``quantized`` (packed codes, scales, biases),
+    written from CPU copies."""
     with tempfile.TemporaryDirectory() as folder:
-        int8 = qmodel.save_quantized(quantized, Path(folder) / "int8.safetensors")
-        save_file(model.state_dict(), Path(folder) / "fp32.safetensors")
+        int8 = qmodel.save_quantized(on_cpu(quantized), Path(folder) / "int8.safetensors")
+        save_file(on_cpu(model).state_dict(), Path(folder) / "fp32.safetensors")
         return timing.size_bytes(Path(folder) / "fp32.safetensors"), int8
 
 
@@ -303,10 +315,10 @@ def check_file(fp32_bytes: int, int8_bytes: int) -> float:
 
 
 def operator_times(models: dict[str, nn.Module]) -> dict[str, dict[str, float]]:
-    """Self CPU time (ms) of each operator in one forward pass of each model at batch 256, by ``torch.profiler``,
-    after one untimed pass (a compiled model compiles there, not in the profile)."""
+    """Self CPU time (ms) of each operator in one forward pass of each model (a CPU copy where it is elsewhere) at
+    batch 256, by ``torch.profiler``, after one untimed pass (a compiled model compiles there, not in the profile)."""
     example, result = zoo.example_input("resnet-fmnist", BATCH_THROUGHPUT), {}
-    for label, model in models.items():
+    for label, model in ((label, on_cpu(model)) for label, model in models.items()):
         with torch.inference_mode():
             model(example)
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -327,7 +339,7 @@ def conv_rates(fp32: nn.Module, times: dict[str, dict[str, float]]) -> dict[str,
     engine's convolutions include their fused ReLU; fp32's BatchNorm and ReLU run as operators of their own."""
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        fp32(zoo.example_input("resnet-fmnist", BATCH_THROUGHPUT))
+        fp32(zoo.example_input("resnet-fmnist", BATCH_THROUGHPUT).to(model_device(fp32)))
     conv_flops = sum(n for op, n in counter.get_flop_counts()["Global"].items() if "convolution" in str(op))
     rates = {}
     for label, ops in times.items():
@@ -409,10 +421,11 @@ PT2E_SPEED_BATCHES = pick(fast=(BATCH_THROUGHPUT,), full=SPEED_BATCHES)  # fast 
 
 def route_speed(models: dict[str, nn.Module],
                 batches: tuple[int, ...] = PT2E_SPEED_BATCHES) -> dict[int, dict[str, float]]:  # fmt: skip
-    """Seconds per forward pass of each of ``models`` at each batch size, timed interleaved with
-    :func:`effdl.bench.compare_latency` on the CPU; a compiled model's first call at a new size compiles
-    during the warm-up (``sec-quant-cnn-pt2e``)."""
-    return {batch: timing.compare_latency(models, zoo.example_input("resnet-fmnist", batch)) for batch in batches}
+    """Seconds per forward pass of each of ``models`` (a CPU copy where it is elsewhere) at each batch size, timed
+    interleaved with :func:`effdl.bench.compare_latency` on the CPU; a compiled model's first call at a new size
+    compiles during the warm-up (``sec-quant-cnn-pt2e``)."""
+    on_the_cpu = {name: on_cpu(model) for name, model in models.items()}
+    return {batch: timing.compare_latency(on_the_cpu, zoo.example_input("resnet-fmnist", batch)) for batch in batches}
 
 
 def check_pt2e_speed(times: dict[int, dict[str, float]], fp32: str = "fp32", int8: str = "PT2E int8") -> float:
@@ -424,9 +437,10 @@ def check_pt2e_speed(times: dict[int, dict[str, float]], fp32: str = "fp32", int
 
 def pt2e_qat_row(model: nn.Module, calibration: list[torch.Tensor], label: str = "W4A8") -> QATRow:
     """The ``label`` format of :data:`QAT_FORMATS` through torchao's PT2E QAT flow (:func:`effdl.quant.model.pt2e_qat`):
-    calibrated on ``calibration``, then fine-tuned exactly as :func:`qat_finetune` fine-tunes the book's QAT.
-    Accuracy before and after, both simulated (fake quantization) with the ranges held fixed, as the book's QAT
-    is measured (``sec-quant-cnn-qat``)."""
+    calibrated on ``calibration``, then fine-tuned exactly as :func:`qat_finetune` fine-tunes the book's QAT, on
+    the CPU (the exported graph is specialized to the device it was exported on, and the x86 quantizer's is the
+    CPU). Accuracy before and after, both simulated (fake quantization) with the ranges held fixed, as the book's
+    QAT is measured (``sec-quant-cnn-qat``)."""
     config = QAT_FORMATS[label]
     if config.weight_format != "int" or config.act_bits != 8:
         raise ValueError(f"label must name an integer-weight format with 8-bit activations, got {label!r}")
@@ -439,7 +453,7 @@ def pt2e_qat_row(model: nn.Module, calibration: list[torch.Tensor], label: str =
     before = fmnist_accuracy(prepared)
     qmodel.pt2e_observe(prepared, True)
     start = time.perf_counter()
-    qat_finetune(prepared)
+    qat_finetune(prepared, on=torch.device("cpu"))
     seconds = time.perf_counter() - start
     qmodel.pt2e_observe(prepared, False)
     return QATRow(before, fmnist_accuracy(prepared), seconds)
@@ -542,7 +556,7 @@ def check_granularity(pitfall: FoldingPitfall) -> float:
 def self_check_mixed_precision(quantized: nn.Module, within: float = 1.5) -> bool:
     """Exercise 1: at most two conv/linear layers of the ResNet left above 3-bit weights, no QAT, and test
     accuracy within ``within`` points of fp32."""
-    resnet = zoo.pretrained("resnet-fmnist").model.eval().cpu()
+    resnet = zoo.pretrained("resnet-fmnist").model.eval().to(device())
     low = [n for n, m in qmodel.quant_layers(quantized).items()
            if m.weight_quant.fmt == "int" and m.weight_quant.bits <= SCAN_BITS]  # fmt: skip
     higher = len(layer_names(resnet)) - len(low)

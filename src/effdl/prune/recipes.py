@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from effdl.bench import model_device
 from effdl.prune.masks import (
     MaskKeeper,
     Masks,
@@ -53,7 +54,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable) -> nn.Module:
     old ones (a pitfall of ``chap-prune-unstructured``); a forward pass over a few hundred training
     images fixes that.
     """
-    torch.optim.swa_utils.update_bn(batches, model)
+    torch.optim.swa_utils.update_bn(batches, model, device=model_device(model))
     return model.eval()
 
 
