@@ -181,3 +181,69 @@ def test_distillation_through_fit_pulls_the_student_toward_the_teacher():
     with torch.no_grad():
         after = kd_divergence(student.eval()(x), target, 2.0).item()
     assert after < 0.5 * before
+
+
+# --- Chapter 7's experiments module: its data plumbing and the exercises' self-checks ---------------------
+
+
+def test_target_batches_carry_labels_and_teacher_logits():
+    from effdl.experiments import distillation as ex
+
+    images, labels, targets = torch.randn(300, 1, 28, 28), torch.arange(300) % 10, torch.randn(300, 10)
+    batches = ex.TargetBatches(images, labels, targets, seed=0)
+    x, (y, t) = next(iter(batches))
+    assert len(batches) == 3 and x.shape == (ex.BATCH, 1, 28, 28)
+    row = (images.flatten(1) == x[0].flatten()).all(1).nonzero().item()  # the same example in all three
+    assert y[0] == labels[row] and torch.equal(t[0], targets[row])
+    with pytest.raises(ValueError, match="fraction"):
+        ex.subset(0.0)
+    with pytest.raises(ValueError, match="method"):
+        ex.train_student("CNN w4", "copy the teacher", 0)
+
+
+def test_trained_students_are_shared_and_kd_options_do_not_split_the_label_runs(monkeypatch):
+    from effdl.experiments import distillation as ex
+
+    calls = []
+    monkeypatch.setattr(ex, "train_student", lambda *args, **kwargs: calls.append((args, kwargs)) or nn.Linear(1, 1))
+    ex._trained.cache_clear()
+    try:
+        first = ex.trained("CNN w4", "alone", 0)
+        assert ex.trained("CNN w4", "alone", 0, temperature=2.0, alpha=0.5) is first
+        ex.trained("CNN w4", "KD", 0, temperature=2.0, alpha=0.5)
+        ex.trained("CNN w4", "KD", 0, alpha=0.5, temperature=2.0)
+        assert len(calls) == 2 and calls[1][1] == {"alpha": 0.5, "temperature": 2.0}
+    finally:
+        ex._trained.cache_clear()
+
+
+def test_self_check_kd_loss_accepts_the_formula_and_names_a_missing_t_squared(capsys):
+    from effdl.experiments import distillation as ex
+
+    def by_hand(student, teacher, labels, t=4.0, alpha=0.9, squared=True):
+        soft = F.kl_div(F.log_softmax(student / t, -1), F.softmax(teacher / t, -1), reduction="batchmean")
+        return alpha * (t**2 if squared else 1) * soft + (1 - alpha) * F.cross_entropy(student, labels)
+
+    assert ex.self_check_kd_loss(by_hand)
+    assert not ex.self_check_kd_loss(lambda s, t, y: by_hand(s, t, y, squared=False))
+    assert "T² is missing" in capsys.readouterr().out
+
+
+def test_self_check_gap_closed():
+    from effdl.experiments import distillation as ex
+
+    result = ex.Comparison(0.9, {"alone": [0.8, 0.82], "KD": [0.85, 0.85]})  # gap 0.09, KD closes 0.04
+    assert result.gap_closed() == pytest.approx(0.04 / 0.09)
+    assert ex.self_check_gap_closed(0.445, result)
+    assert not ex.self_check_gap_closed(0.04, result)
+
+
+def test_self_check_student_weighs_macs_and_accuracy(capsys):
+    from effdl.experiments import distillation as ex
+
+    model = ex.student("CNN w4")  # untrained: about chance
+    macs = ex.macs(model)
+    assert ex.self_check_student(model, max_macs=macs, min_accuracy=0.0)
+    assert not ex.self_check_student(model, max_macs=macs - 1, min_accuracy=0.5)
+    out = capsys.readouterr().out
+    assert "MACs, more than" in out and "below" in out
