@@ -247,3 +247,17 @@ def test_self_check_student_weighs_macs_and_accuracy(capsys):
     assert not ex.self_check_student(model, max_macs=macs - 1, min_accuracy=0.5)
     out = capsys.readouterr().out
     assert "MACs, more than" in out and "below" in out
+
+
+def test_attention_distiller_needs_no_regressor_and_rejects_unknown_kinds():
+    teacher, student = _tiny_cnn(8).eval(), _tiny_cnn(2)
+    x = _logits(4, 1, 6, 6, seed=22)
+    distiller = Distiller(student, teacher, {"2": "2"}, x[:2], kind="attention")
+    out = distiller(x)
+    assert len(distiller.regressors) == 0 and out.feature_loss.item() > 0 and out.logits.shape == (4, 4)
+    out.feature_loss.backward()
+    assert student[0].weight.grad is not None and teacher[0].weight.grad is None
+    with pytest.raises(ValueError, match="kind"):
+        Distiller(student, teacher, {"2": "2"}, x[:2], kind="relation")
+    with pytest.raises(ValueError, match="pairs"):
+        Distiller(student, teacher, {}, x[:2])
