@@ -27,7 +27,6 @@ from torch import nn
 
 from effdl import bench as measure_bench
 from effdl import claims, data, lm, stats, train, zoo
-from effdl.bench import model_device
 from effdl.config import device, pick
 from effdl.experiments._shared import (
     LM_NAMES,
@@ -122,7 +121,7 @@ def latency_ratio(times: dict[str, list[float]], model: str, baseline_name: str 
 def removed_vs_silenced(model: nn.Module, images: int = 8) -> dict[str, float]:
     """Remove every other channel of each group from one copy and silence the same channels in another
     (BatchNorm γ = β = 0 makes a channel exactly zero); the outputs must agree (``sec-prune-structured-groups``)."""
-    probe = torch.randn(images, 1, 28, 28, device=model_device(model))
+    probe = torch.randn(images, 1, 28, 28, device=measure_bench.model_device(model))
     silenced, removed = copy.deepcopy(model), copy.deepcopy(model)
     for quiet, cut in zip(structured.resnet_groups(silenced), structured.resnet_groups(removed), strict=True):
         drop, keep = torch.arange(0, cut.size, 2), torch.arange(1, cut.size, 2)

@@ -30,7 +30,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from effdl import bench as timing
 from effdl import claims, data, stats, train, zoo
-from effdl.bench import model_device
 from effdl.config import device, pick
 from effdl.experiments._shared import (
     calibration_images,
@@ -112,7 +111,7 @@ def difference_from_torch(weight: torch.Tensor) -> float:
 def folding_gap(model: nn.Module, images: int = 256) -> tuple[int, float]:
     """Number of BatchNorms and the largest change in a logit on ``images`` test images once they are
     folded into the convolutions (``sec-quant-cnn-folding``)."""
-    x = data.fashion_mnist("test", limit=images).tensors[0].to(model_device(model))
+    x = data.fashion_mnist("test", limit=images).tensors[0].to(timing.model_device(model))
     with torch.no_grad():
         gap = (fold_batchnorms(model)(x) - model(x)).abs().max().item()
     return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()), gap
@@ -221,7 +220,7 @@ def _predictions(model: nn.Module, batch: int | None = None) -> torch.Tensor:
     """``model``'s class for every test image of :func:`fmnist_batches`, run on ``model``'s device and returned
     on the CPU; with ``batch``, ``batch`` images at a time, the last batch padded with zeros, so a model compiled
     for one static shape compiles once."""
-    dev = model_device(model)
+    dev = timing.model_device(model)
     if batch is None:
         return torch.cat([model(x.to(dev)).argmax(1).cpu() for x, _ in fmnist_batches()])
     images = torch.cat([x for x, _ in fmnist_batches()])
@@ -339,7 +338,7 @@ def conv_rates(fp32: nn.Module, times: dict[str, dict[str, float]]) -> dict[str,
     engine's convolutions include their fused ReLU; fp32's BatchNorm and ReLU run as operators of their own."""
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        fp32(zoo.example_input("resnet-fmnist", BATCH_THROUGHPUT).to(model_device(fp32)))
+        fp32(zoo.example_input("resnet-fmnist", BATCH_THROUGHPUT).to(timing.model_device(fp32)))
     conv_flops = sum(n for op, n in counter.get_flop_counts()["Global"].items() if "convolution" in str(op))
     rates = {}
     for label, ops in times.items():
