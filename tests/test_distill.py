@@ -261,3 +261,13 @@ def test_attention_distiller_needs_no_regressor_and_rejects_unknown_kinds():
         Distiller(student, teacher, {"2": "2"}, x[:2], kind="relation")
     with pytest.raises(ValueError, match="pairs"):
         Distiller(student, teacher, {}, x[:2])
+
+
+def test_multi_vs_single_picks_the_better_teacher_and_combination():
+    from effdl.experiments import distillation as ex
+
+    rows = {"from a": [0.80, 0.82], "from b": [0.84, 0.84], "both, probabilities": [0.85, 0.87],
+            "both, logits": [0.83, 0.83]}  # fmt: skip
+    single, both, gain = ex.multi_vs_single(rows)
+    assert (single, both) == ("b", "probabilities")
+    assert gain.value == pytest.approx(2.0) and gain.se == pytest.approx(1.0) and gain.dof == 1

@@ -316,6 +316,16 @@ def multi_teacher_rows(name: str, setting: Setting, result: Comparison) -> dict[
             "both, probabilities": result.accuracy["multi-teacher KD"], "both, logits": by_logits}  # fmt: skip
 
 
+def multi_vs_single(rows: dict[str, list[float]]) -> tuple[str, str, stats.Difference]:
+    """From :func:`multi_teacher_rows`: the better single teacher, the better way of combining both, and the
+    combination minus that teacher in points over seeds (``sec-distill-multi``)."""
+    single = max((k for k in rows if k.startswith("from ")), key=lambda k: sum(rows[k]))
+    both = max((k for k in rows if k.startswith("both, ")), key=lambda k: sum(rows[k]))
+    diff = stats.difference_of_means(rows[both], rows[single])
+    return single.removeprefix("from "), both.removeprefix("both, "), stats.Difference(
+        100 * diff.value, 100 * diff.se, diff.dof)
+
+
 # --- pitfalls (sec-distill-pitfalls) ---------------------------------------------------------------
 
 
