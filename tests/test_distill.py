@@ -183,6 +183,22 @@ def test_distillation_through_fit_pulls_the_student_toward_the_teacher():
     assert after < 0.5 * before
 
 
+def test_teacher_batches_add_the_eval_mode_teachers_logits_on_the_fly():
+    from effdl.distill.online import TeacherBatches
+    from effdl.models import GPT, GPTConfig
+
+    teacher = GPT(GPTConfig(vocab_size=11, context=8, n_layer=1, n_head=2, n_embd=8, dropout=0.5)).eval()
+    x = torch.randint(0, 11, (4, 8), generator=torch.Generator().manual_seed(0))
+    batches = TeacherBatches([(x, x.roll(-1, 1))] * 2, teacher)
+    inputs, (targets, logits) = next(iter(batches))
+    assert len(batches) == 2 and torch.equal(targets, x.roll(-1, 1)) and not logits.requires_grad
+    assert torch.equal(logits, teacher(x))  # dropout off: the same answer every time
+    loss = KDLoss(2.0, 0.5)(GPT(teacher.cfg)(inputs), (targets, logits))  # token-level KD reads it as is
+    assert loss.ndim == 0 and loss.item() > 0
+    with pytest.raises(ValueError, match="teacher must be in eval mode"):
+        TeacherBatches([], teacher.train())
+
+
 # --- Chapter 7's experiments module: its data plumbing and the exercises' self-checks ---------------------
 
 
@@ -271,3 +287,83 @@ def test_multi_vs_single_picks_the_better_teacher_and_combination():
     single, both, gain = ex.multi_vs_single(rows)
     assert (single, both) == ("b", "probabilities")
     assert gain.value == pytest.approx(2.0) and gain.se == pytest.approx(1.0) and gain.dof == 1
+
+
+def test_student_ensemble_reports_the_share_of_the_ensembles_gain_kept():
+    from effdl.experiments import distillation as ex
+
+    result = ex.StudentEnsemble(members=[0.80, 0.82], ensemble=0.85, distilled=[0.83, 0.83])
+    assert result.kept() == pytest.approx(0.02 / 0.04)
+
+
+# --- the language-model part (07_distillation_lm): its loop, statistics and self-checks --------------------
+
+
+def test_train_gpt_takes_a_token_stream_a_loss_and_a_batch_wrapper():
+    from effdl import zoo
+    from effdl.distill.online import TeacherBatches
+    from effdl.models import GPT, GPTConfig
+
+    cfg = GPTConfig(vocab_size=11, context=8, n_layer=1, n_head=2, n_embd=8)
+    teacher, student = GPT(cfg).eval(), GPT(cfg)
+    recipe = {"steps": 10, "batch_size": 4, "lr": 1e-2, "weight_decay": 0.0, "warmup": 2, "seed": 0}
+    seen = []
+
+    def wrap(batches):
+        seen.append(len(batches))
+        return TeacherBatches(batches, teacher)
+
+    tokens = torch.arange(200) % 11
+    metrics = zoo.train_gpt(student, recipe, tokens=tokens, loss=KDLoss(1.0, 1.0), wrap=wrap, validate=False)
+    assert seen == [2] and set(metrics) == {"train_seconds"}  # 10 steps in five passes of 2
+
+
+def test_lm_comparison_uses_seeds_when_both_sides_have_them_else_paired_windows():
+    from effdl.experiments import distillation_lm as ex
+
+    windows = {"teacher": torch.tensor([2.0, 2.2]), "alone": torch.tensor([3.0, 3.4]),
+               "token KD": torch.tensor([2.8, 3.0]), "sequence KD": torch.tensor([3.5, 3.7])}  # fmt: skip
+    result = ex.Comparison(windows, {"alone": [3.2, 3.2], "token KD": [2.9, 2.9]})
+    assert result.mean("alone") == pytest.approx(3.2) and result.mean("teacher") == pytest.approx(2.1)
+    assert result.gain("token KD").value == pytest.approx(0.3) and result.gain("token KD").dof == 1
+    paired = result.gain("sequence KD")  # windows: (3.0 - 3.5, 3.4 - 3.7)
+    assert paired.value == pytest.approx(-0.4) and paired.se == pytest.approx(0.1) and paired.dof == 1
+    assert result.gap_closed() == pytest.approx(0.3 / 1.1)
+    assert ex.self_check_gap_closed(0.27, result) and not ex.self_check_gap_closed(0.3, result)
+    with pytest.raises(ValueError, match="method"):
+        ex.student("copy the teacher")
+
+
+def test_distinct_ngrams_sees_a_loop():
+    from effdl.experiments import distillation_lm as ex
+
+    varied = torch.arange(40).view(2, 20)
+    looping = torch.tensor([[1, 2] * 10, [3] * 20])
+    assert ex.distinct_ngrams(varied, 4) == 1.0
+    assert ex.distinct_ngrams(looping, 4) == pytest.approx((2 / 17 + 1 / 17) / 2)
+    with pytest.raises(ValueError, match="streams"):
+        ex.distinct_ngrams(varied[0], 4)
+
+
+def test_self_check_token_kd_accepts_flattened_positions_and_names_a_batch_only_mean(capsys):
+    from effdl.experiments import distillation_lm as ex
+
+    def by_hand(student, teacher, targets, t=2.0, alpha=0.5, flatten=True):
+        s, te = (student.flatten(0, 1), teacher.flatten(0, 1)) if flatten else (student, teacher)
+        soft = F.kl_div(F.log_softmax(s / t, -1), F.log_softmax(te / t, -1), reduction="batchmean", log_target=True)
+        hard = F.cross_entropy(student.flatten(0, 1), targets.flatten())
+        return alpha * t**2 * soft + (1 - alpha) * hard
+
+    assert ex.self_check_token_kd(by_hand)
+    assert not ex.self_check_token_kd(lambda s, t, y: by_hand(s, t, y, flatten=False))
+    assert "batch × time" in capsys.readouterr().out
+
+
+def test_check_fit_gap_asks_that_few_labels_overfit_more_than_all_of_them():
+    from effdl.claims import ClaimFailed
+    from effdl.experiments import distillation as ex
+
+    overfit = {0.1: {"train": 0.99, "test": 0.80}, 1.0: {"train": 0.90, "test": 0.89}}
+    assert ex.check_fit_gap(overfit) == pytest.approx(18.0)
+    with pytest.raises(ClaimFailed):
+        ex.check_fit_gap({0.1: {"train": 0.85, "test": 0.85}, 1.0: {"train": 0.95, "test": 0.89}})

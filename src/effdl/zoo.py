@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -21,7 +22,7 @@ from torch import nn
 from effdl import data
 from effdl.config import FAST, cache_dir, device, pick, seed_everything
 from effdl.models import CNN, GPT, GPTConfig, ResNet
-from effdl.train import evaluate, fit
+from effdl.train import Loss, evaluate, fit, token_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,13 @@ _RECIPES = {
 NAMES = tuple(_RECIPES)
 
 
+# architecture fields a recipe leaves out unless they are overridden (so existing recipes keep their keys)
+_OPTIONAL_ARCH = {"gpt": ("n_kv_head",)}
+
+
 def recipe(name: str, **overrides: Any) -> Recipe:
-    """The recipe of baseline ``name``; ``overrides`` replace architecture or training fields.
+    """The recipe of baseline ``name``; ``overrides`` replace architecture or training fields, or set an
+    optional architecture field (the GPT's ``n_kv_head``).
 
     >>> recipe("cnn-fmnist", width=8, depth=1).arch
     {'kind': 'cnn', 'width': 8, 'depth': 1}
@@ -81,13 +87,15 @@ def recipe(name: str, **overrides: Any) -> Recipe:
         raise ValueError(f"name must be one of {NAMES}, got {name!r}")
     base = _RECIPES[name]()
     arch, train = dict(base.arch), dict(base.train)
+    optional = _OPTIONAL_ARCH.get(arch["kind"], ())
     for field, value in overrides.items():
-        if field in arch and field != "kind":
+        if (field in arch or field in optional) and field != "kind":
             arch[field] = value
         elif field in train:
             train[field] = value
         else:
-            raise ValueError(f"override {field!r} is not a field of {name}: {sorted({*arch, *train} - {'kind'})}")
+            fields = sorted({*arch, *train, *optional} - {"kind"})
+            raise ValueError(f"override {field!r} is not a field of {name}: {fields}")
     return replace(base, arch=arch, train=train)
 
 
@@ -146,16 +154,24 @@ def gpt_eval_batches(split: str = "val", context: int = 128, batch_size: int = 3
     return data.LMBatches(tokens, batch_size, context, steps=pick(fast=10, full=10**9), random=False)
 
 
-def _train_shakespeare(model: nn.Module, cfg: dict[str, Any]) -> dict[str, float]:
-    corpus = data.shakespeare()
+def train_gpt(model: GPT, cfg: dict[str, Any], *, tokens: torch.Tensor | None = None,
+              loss: Loss = token_cross_entropy, wrap: Callable[[Iterable], Iterable] | None = None,
+              validate: bool = True) -> dict[str, float]:  # fmt: skip
+    """Train the book's GPT with a recipe's ``train`` settings: AdamW, linear warmup then cosine decay, gradients
+    clipped, ``steps`` batches of random windows of the Shakespeare train split (or of ``tokens``) in five passes,
+    validated on the val split after each pass unless ``validate=False``. ``loss`` and ``wrap`` (a function of the
+    batches, which may add a teacher's logits to them) are how ``sec-distill-lm-kd`` trains a student."""
     epochs = 5  # the step budget in five passes, so the history has five validation points
-    batches = data.LMBatches(corpus.split("train"), cfg["batch_size"], model.cfg.context,
-                             steps=cfg["steps"] // epochs, seed=cfg["seed"])  # fmt: skip
+    stream = data.shakespeare().split("train") if tokens is None else tokens
+    batches = data.LMBatches(stream, cfg["batch_size"], model.cfg.context, steps=cfg["steps"] // epochs,
+                             seed=cfg["seed"])  # fmt: skip
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], betas=(0.9, 0.95))
     sched = _warmup_cosine(opt, cfg["warmup"], epochs * len(batches))
-    val = gpt_eval_batches("val", model.cfg.context)
-    history = fit(model, batches, epochs=epochs, optimizer=opt, scheduler=sched, val=val, grad_clip=1.0)
-    return {"val_loss": history.val_loss[-1], "train_seconds": history.seconds}
+    val = gpt_eval_batches("val", model.cfg.context) if validate else None
+    history = fit(model, batches if wrap is None else wrap(batches), epochs=epochs, loss=loss, optimizer=opt,
+                  scheduler=sched, val=val, grad_clip=1.0)  # fmt: skip
+    metrics = {"val_loss": history.val_loss[-1]} if validate else {}
+    return metrics | {"train_seconds": history.seconds}
 
 
 def _paths(rec: Recipe):
@@ -179,7 +195,7 @@ def pretrained(name: str, *, retrain: bool = False, **overrides: Any) -> Baselin
         load_model(model, weights, device="cpu")
         metrics = json.loads(card.read_text())["metrics"]
     else:
-        trainer = train_fmnist if rec.task == "fmnist" else _train_shakespeare
+        trainer = train_fmnist if rec.task == "fmnist" else train_gpt
         metrics = trainer(model, rec.train)
         model.to("cpu", memory_format=torch.contiguous_format)
         metrics["device"] = str(device())
