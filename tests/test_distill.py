@@ -289,11 +289,14 @@ def test_multi_vs_single_picks_the_better_teacher_and_combination():
     assert gain.value == pytest.approx(2.0) and gain.se == pytest.approx(1.0) and gain.dof == 1
 
 
-def test_student_ensemble_reports_the_share_of_the_ensembles_gain_kept():
+def test_student_ensemble_gains_are_points_over_the_members():
     from effdl.experiments import distillation as ex
 
     result = ex.StudentEnsemble(members=[0.80, 0.82], ensemble=0.85, distilled=[0.83, 0.83])
-    assert result.kept() == pytest.approx(0.02 / 0.04)
+    assert result.ensemble_gain() == pytest.approx(4.0)
+    gain = result.distilled_gain()
+    assert gain.value == pytest.approx(2.0) and gain.se == pytest.approx(1.0) and gain.dof == 1
+    assert ex.check_ensemble(result) == pytest.approx(4.0)
 
 
 # --- the language-model part (07_distillation_lm): its loop, statistics and self-checks --------------------

@@ -44,16 +44,6 @@ def test_recipe_keys_change_with_every_field():
     assert zoo.build(zoo.recipe("cnn-fmnist", width=8, depth=1).arch)(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
 
 
-def test_grouped_query_gpt_recipes_are_new_keys_and_the_old_gpt_keeps_its_own():
-    base = zoo.recipe("gpt-shakespeare")
-    assert "n_kv_head" not in base.arch
-    mqa = zoo.recipe("gpt-shakespeare", n_kv_head=1)
-    assert mqa.arch["n_kv_head"] == 1 and mqa.key() != base.key()
-    assert zoo.build(mqa.arch).blocks[0].attn.n_kv_head == 1
-    with pytest.raises(ValueError, match="n_kv_head"):
-        zoo.recipe("cnn-fmnist", n_kv_head=1)
-
-
 def test_unknown_names_and_fields_are_rejected():
     with pytest.raises(ValueError, match="name"):
         zoo.pretrained("vgg-imagenet")

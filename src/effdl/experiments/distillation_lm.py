@@ -70,12 +70,16 @@ def _streams(length: int, seed: int) -> torch.Tensor:
     return torch.stack([train_split[s : s + length] for s in starts.tolist()])
 
 
-@functools.cache
 def teacher_streams(temperature: float = 1.0, streams: int | None = None, seed: int = 0) -> torch.Tensor:
     """``streams`` (default :data:`SAMPLE`'s) rows of :data:`SAMPLE`'s length written by the teacher at
     ``temperature`` (0: greedy), each started by :data:`PROMPT` real characters that are dropped afterwards.
     Without a KV cache (the inference chapter builds one) every new character costs a forward pass over the whole
-    context, so the sample is small."""
+    context, so the sample is small. Written once per process for each set of arguments."""
+    return _teacher_streams(float(temperature), streams or SAMPLE[0], seed)
+
+
+@functools.cache
+def _teacher_streams(temperature: float, streams: int, seed: int) -> torch.Tensor:
     prompts = _streams(PROMPT, seed)[:streams]
     seed_everything(seed)
     sampled = teacher().generate(prompts.to(device()), SAMPLE[1], temperature=temperature)
@@ -118,6 +122,7 @@ def _student(method: str, seed: int, alpha: float | None) -> nn.Module:
     return model.eval()
 
 
+@functools.cache
 def windows(split: str = "test") -> list:
     """Held-out windows of the teacher's context: ``chap-prune-structured``'s test windows, or as many from the
     validation split (for choices)."""
@@ -169,7 +174,8 @@ def compare(alpha: float) -> Comparison:
     seed 0."""
     per_window = {"teacher": bits_per_char(teacher())}
     per_window |= {m: bits_per_char(student(m, 0, alpha)) for m in METHODS}
-    seeds = {m: [bits_per_char(student(m, s, alpha)).mean().item() for s in SEEDS] for m in ("alone", "token KD")}
+    seeds = {m: [per_window[m].mean().item()] + [bits_per_char(student(m, s, alpha)).mean().item() for s in SEEDS[1:]]
+             for m in ("alone", "token KD")}  # fmt: skip
     return Comparison(per_window, seeds)
 
 
@@ -192,13 +198,22 @@ PITFALL_STREAMS = pick(fast=4, full=8)  # greedy streams written for the repetit
 
 
 def vocabularies() -> dict[str, int]:
-    """The sizes of the two vocabularies and how many of SmolLM2's tokens are one character of the char GPT's: a
-    KL divergence between their next-token distributions is not defined, the two sum over different sets
-    (``sec-distill-lm-pitfalls``)."""
+    """The sizes of the two vocabularies, how many of SmolLM2's tokens are one character of the char GPT's, and how
+    many are strings of several characters: a KL divergence between their next-token distributions is not defined,
+    the two sum over different sets (``sec-distill-lm-setup``)."""
     _, tokenizer = models.smollm2()
     chars = set(data.shakespeare().tokenizer.chars)
-    single = sum(tokenizer.decode([i]) in chars for i in range(len(tokenizer)))
-    return {"char GPT": len(chars), "SmolLM2": len(tokenizer), "SmolLM2 tokens that are one character": single}
+    pieces = [tokenizer.decode([i]) for i in range(len(tokenizer))]
+    return {"char GPT": len(chars), "SmolLM2": len(tokenizer),
+            "SmolLM2 tokens that are one of its characters": sum(piece in chars for piece in pieces),
+            "SmolLM2 tokens of several characters": sum(len(piece) > 1 for piece in pieces)}  # fmt: skip
+
+
+def check_vocabularies(vocab: dict[str, int]) -> float:
+    """The claim of ``sec-distill-lm-setup``: every character of the char GPT is also a SmolLM2 token."""
+    return claims.claim("char-GPT characters that are no SmolLM2 token",
+                        vocab["char GPT"] - vocab["SmolLM2 tokens that are one of its characters"], "==", full=0,
+                        fast=0)  # fmt: skip
 
 
 def distinct_ngrams(streams: torch.Tensor, n: int = 8) -> float:
@@ -220,7 +235,7 @@ def repetition() -> dict[str, float]:
 
 def memorized(method: str = "sequence KD") -> dict[str, float]:
     """Bits per character of the ``method`` student (seed 0) on the text it trained on and on the test windows: a
-    small training text is learnt by heart (``sec-distill-lm-pitfalls``)."""
+    small training text is overfitted (``sec-distill-lm-sequence``)."""
     text = {"sequence KD": teacher_text(), "same-size real text": same_size_text()}[method]
     context = teacher().cfg.context
     seen = lm.token_windows(text, context, (len(text) - 1) // context, batch_size=32)
@@ -232,7 +247,7 @@ def memorized(method: str = "sequence KD") -> dict[str, float]:
 def check_sequence(result: Comparison, seen: dict[str, dict[str, float]]) -> None:
     """The claims of ``sec-distill-lm-sequence``: teacher text teaches more than as much real text (fast mode's
     weak teacher writes poor text); a small sample of it does not replace the training split (the sequence-KD
-    student is worse than the student alone), and it is learnt by heart (the student scores far better on its own
+    student is worse than the student alone), and it is overfitted (the student scores far better on its own
     training text than on the test windows)."""
     claims.claim("same-size real text minus sequence KD, test bits per character",
                  result.gain("sequence KD", "same-size real text").value, ">", full=0.0, fast=-0.1)  # fmt: skip
@@ -253,12 +268,15 @@ def check_repetition(variety: dict[str, float]) -> float:
 @torch.no_grad()
 def per_batch_kl_ratio() -> float:
     """``F.kl_div(..., reduction="batchmean")`` on unflattened ``(batch, time, vocabulary)`` logits over the right
-    KD divergence, on one batch of test windows (``sec-distill-lm-pitfalls``): the window's length."""
+    KD divergence, on one batch of test windows (``sec-distill-lm-pitfalls``), claimed to be the window's length."""
     x, _ = windows()[0]
     log_q = torch.log_softmax(student("alone")(x.to(device())), -1)
     log_p = torch.log_softmax(teacher()(x.to(device())), -1)
     wrong = F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
-    return (wrong / kd_divergence(log_q, log_p, 1.0)).item()
+    ratio = (wrong / kd_divergence(log_q, log_p, 1.0)).item()
+    claims.claim("|batch-only KL / right KL / window length - 1|", abs(ratio / x.shape[1] - 1), "<=", full=1e-3,
+                 fast=1e-3)  # fmt: skip
+    return ratio
 
 
 def decode(tokens: torch.Tensor) -> str:
