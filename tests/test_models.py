@@ -63,6 +63,39 @@ def test_gpt_config_and_input_validation():
         gpt(torch.zeros(1, 9, dtype=torch.long))
 
 
+def _attention_by_hand(attn: models.CausalSelfAttention, x: torch.Tensor) -> torch.Tensor:
+    """Grouped-query attention written out: each key/value head repeated for its group of query heads."""
+    b, t, c = x.shape
+    hd = c // attn.n_head
+    q, k, v = attn.qkv(x).split([c, attn.n_kv_head * hd, attn.n_kv_head * hd], dim=-1)
+    q = q.view(b, t, attn.n_head, hd).transpose(1, 2)
+    group = attn.n_head // attn.n_kv_head
+    k, v = (z.view(b, t, attn.n_kv_head, hd).transpose(1, 2).repeat_interleave(group, dim=1) for z in (k, v))
+    scores = (q @ k.transpose(-1, -2)) / hd**0.5
+    scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+    return attn.proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, c))
+
+
+@pytest.mark.parametrize("n_kv_head", [None, 2, 1])
+def test_grouped_query_attention_shares_key_value_heads(n_kv_head):
+    cfg = models.GPTConfig(vocab_size=20, context=8, n_layer=1, n_head=4, n_embd=32, n_kv_head=n_kv_head)
+    attn = models.CausalSelfAttention(cfg).eval()
+    kv_heads = n_kv_head or 4
+    assert attn.qkv.weight.shape == (32 + 2 * kv_heads * 8, 32)  # queries, then keys, then values
+    x = torch.randn(2, 8, 32, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(attn(x), _attention_by_hand(attn, x), atol=1e-5, rtol=1e-5)
+
+
+def test_gpt_config_keeps_its_old_keys_and_checks_kv_heads():
+    assert "n_kv_head" not in models.GPTConfig().to_dict()  # cached checkpoints keep their recipe keys
+    assert models.GPTConfig(n_kv_head=1).to_dict()["n_kv_head"] == 1
+    assert models.GPTConfig(n_kv_head=2).kv_heads == 2 and models.GPTConfig().kv_heads == 4
+    with pytest.raises(ValueError, match="divisible by n_kv_head"):
+        models.GPTConfig(n_head=4, n_kv_head=3)
+    with pytest.raises(ValueError, match="n_kv_head"):
+        models.GPTConfig(n_kv_head=0)
+
+
 @pytest.mark.slow
 def test_smollm2_loads_fast_and_knows_the_capital_of_france():
     import time
@@ -80,3 +113,18 @@ def test_smollm2_loads_fast_and_knows_the_capital_of_france():
     out = model.generate(ids, max_new_tokens=12, do_sample=False)
     answer = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     assert "Paris" in answer, answer
+
+
+def test_kv_cache_bytes_by_formula_for_the_gpt_and_a_llama_config():
+    from transformers import LlamaConfig
+
+    from effdl import lm
+
+    mha = models.GPTConfig(n_layer=4, n_head=4, n_embd=192)
+    assert lm.kv_cache_bytes(mha, tokens=128) == 2 * 4 * 4 * 48 * 128 * 2
+    assert lm.kv_cache_bytes(mha, 128) == 4 * lm.kv_cache_bytes(models.GPTConfig(n_layer=4, n_head=4, n_embd=192,
+                                                                                n_kv_head=1), 128)  # fmt: skip
+    smol = LlamaConfig(num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, hidden_size=576)
+    assert lm.kv_cache_bytes(smol, tokens=1, batch=2, bytes_per_value=4) == 2 * 30 * 3 * 64 * 2 * 4
+    with pytest.raises(ValueError, match="tokens"):
+        lm.kv_cache_bytes(mha, tokens=0)

@@ -132,3 +132,17 @@ def transformer_blocks(model: nn.Module) -> nn.ModuleList | nn.Sequential:
     if hasattr(model, "model") and hasattr(model.model, "layers"):
         return model.model.layers
     raise ValueError(f"model must be the book's GPT or a Llama-style model, got {type(model).__name__}")
+
+
+def kv_cache_bytes(config, tokens: int, batch: int = 1, bytes_per_value: int = 2) -> int:
+    """Bytes a KV cache holds for ``batch`` sequences of ``tokens`` tokens: a key and a value vector per key/value
+    head, layer and token, ``2 · layers · kv_heads · head_dim · tokens · batch · bytes_per_value`` (fp16 by
+    default). ``config`` is the book's ``GPTConfig`` or a Hugging Face Llama config."""
+    if tokens <= 0 or batch <= 0 or bytes_per_value <= 0:
+        raise ValueError(f"tokens, batch, bytes_per_value must be positive, got {tokens}, {batch}, {bytes_per_value}")
+    if hasattr(config, "kv_heads"):  # the book's GPT
+        layers, kv_heads, head_dim = config.n_layer, config.kv_heads, config.n_embd // config.n_head
+    else:  # transformers' LlamaConfig
+        layers, kv_heads = config.num_hidden_layers, config.num_key_value_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * layers * kv_heads * head_dim * tokens * batch * bytes_per_value

@@ -111,7 +111,9 @@ class ResNet(nn.Module):
 
 @dataclass(frozen=True)
 class GPTConfig:
-    """Shape of :class:`GPT`: vocabulary, context length, layers, heads and embedding width."""
+    """Shape of :class:`GPT`: vocabulary, context length, layers, query heads, key/value heads and embedding
+    width. ``n_kv_head`` below ``n_head`` shares each key/value head among ``n_head // n_kv_head`` query heads
+    (grouped-query attention; 1 is multi-query attention); ``None`` gives every query head its own."""
 
     vocab_size: int = 96
     context: int = 128
@@ -119,6 +121,7 @@ class GPTConfig:
     n_head: int = 4
     n_embd: int = 128
     dropout: float = 0.0
+    n_kv_head: int | None = None
 
     def __post_init__(self) -> None:
         _positive(vocab_size=self.vocab_size, context=self.context, n_layer=self.n_layer,
@@ -127,25 +130,44 @@ class GPTConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.n_kv_head is not None:
+            _positive(n_kv_head=self.n_kv_head)
+            if self.n_head % self.n_kv_head:
+                raise ValueError(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads per layer (``n_head`` unless ``n_kv_head`` shares them)."""
+        return self.n_kv_head or self.n_head
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as a dict; ``n_kv_head`` only when set, so that the recipes (and cached checkpoints) of
+        models with one key/value head per query head keep the keys they had before the field existed."""
+        fields = asdict(self)
+        return fields if self.n_kv_head is not None else {k: v for k, v in fields.items() if k != "n_kv_head"}
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention with a causal mask (PyTorch's fused scaled-dot-product kernel)."""
+    """Multi-head self-attention with a causal mask (PyTorch's fused scaled-dot-product kernel); with fewer
+    key/value heads than query heads (``GPTConfig.n_kv_head``) each key/value head serves a group of query heads.
+
+    One fused projection computes the queries, then the keys, then the values (rows in that order)."""
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.n_head, self.dropout = cfg.n_head, cfg.dropout
-        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.n_head, self.n_kv_head, self.dropout = cfg.n_head, cfg.kv_heads, cfg.dropout
+        self.kv_width = cfg.kv_heads * (cfg.n_embd // cfg.n_head)
+        self.qkv = nn.Linear(cfg.n_embd, cfg.n_embd + 2 * self.kv_width)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_head, c // self.n_head).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(x).split([c, self.kv_width, self.kv_width], dim=-1)
+        q = q.view(b, t, self.n_head, -1).transpose(1, 2)
+        k, v = (z.view(b, t, self.n_kv_head, -1).transpose(1, 2) for z in (k, v))
         drop = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop,
+                                           enable_gqa=self.n_kv_head != self.n_head)  # fmt: skip
         return self.proj(y.transpose(1, 2).reshape(b, t, c))
 
 
