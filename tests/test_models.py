@@ -128,3 +128,34 @@ def test_kv_cache_bytes_by_formula_for_the_gpt_and_a_llama_config():
     assert lm.kv_cache_bytes(smol, tokens=1, batch=2, bytes_per_value=4) == 2 * 30 * 3 * 64 * 2 * 4
     with pytest.raises(ValueError, match="tokens"):
         lm.kv_cache_bytes(mha, tokens=0)
+
+
+def _macs(model, size=28):
+    return bench.flops(model.eval(), torch.zeros(1, 1, size, size)) // 2
+
+
+def test_depthwise_separable_and_inverted_residual_cost_what_their_formulas_say():
+    c_in, c_out, k, side = 32, 64, 3, 14
+    separable = models.depthwise_separable(c_in, c_out, k)
+    counted = bench.flops(separable.eval(), torch.zeros(1, c_in, side, side)) // 2
+    assert counted == (k * k * c_in + c_in * c_out) * side * side
+    block = models.InvertedResidual(c_in, c_in, expand=4, kernel=k)
+    counted = bench.flops(block.eval(), torch.zeros(1, c_in, side, side)) // 2
+    assert counted == (c_in * 4 * c_in + k * k * 4 * c_in + 4 * c_in * c_in) * side * side
+    x = torch.randn(2, c_in, side, side)
+    assert block.residual and block(x).shape == x.shape
+    assert models.InvertedResidual(c_in, c_out, stride=2)(x).shape == (2, c_out, side // 2, side // 2)
+    with pytest.raises(ValueError, match="kernel"):
+        models.depthwise_separable(c_in, c_out, 4)
+
+
+def test_cnn_scales_by_separable_blocks_and_input_resolution():
+    plain, separable = models.CNN(32, 2), models.CNN(32, 2, separable=True)
+    conv2 = 9 * 32 * 64 * 14 * 14  # the second block, a full 3x3 convolution at 14x14
+    assert _macs(plain) - _macs(separable) == conv2 - (9 * 32 + 32 * 64) * 14 * 14
+    assert not any(key.startswith("resize") for key in plain.state_dict())  # saved checkpoints still load
+    small = models.CNN(32, 2, resolution=14)
+    assert small(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    assert _macs(small) < _macs(plain) / 3
+    with pytest.raises(ValueError, match="resolution"):
+        models.CNN(32, 2, resolution=2)

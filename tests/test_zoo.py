@@ -44,6 +44,19 @@ def test_recipe_keys_change_with_every_field():
     assert zoo.build(zoo.recipe("cnn-fmnist", width=8, depth=1).arch)(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
 
 
+def test_optional_arch_fields_make_new_keys_and_old_recipes_keep_theirs():
+    base = zoo.recipe("gpt-shakespeare")
+    assert "n_kv_head" not in base.arch
+    mqa = zoo.recipe("gpt-shakespeare", n_kv_head=1)
+    assert mqa.arch["n_kv_head"] == 1 and mqa.key() != base.key()
+    assert zoo.build(mqa.arch).blocks[0].attn.n_kv_head == 1
+    with pytest.raises(ValueError, match="n_kv_head"):
+        zoo.recipe("cnn-fmnist", n_kv_head=1)
+    separable = zoo.recipe("cnn-fmnist", separable=True, resolution=20)
+    assert "separable" not in zoo.recipe("cnn-fmnist").arch and separable.key() != zoo.recipe("cnn-fmnist").key()
+    assert zoo.build(separable.arch).resize.size == 20
+
+
 def test_unknown_names_and_fields_are_rejected():
     with pytest.raises(ValueError, match="name"):
         zoo.pretrained("vgg-imagenet")

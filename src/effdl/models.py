@@ -31,32 +31,90 @@ def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
+def depthwise_separable(c_in: int, c_out: int, kernel: int = 3) -> nn.Sequential:
+    """MobileNet's factorized convolution: a ``kernel × kernel`` depthwise convolution (one filter per input
+    channel, ``groups=c_in``), then a 1x1 pointwise one that mixes channels, each with BatchNorm and ReLU. Per
+    output pixel it costs ``k²·c_in + c_in·c_out`` multiply-accumulates instead of ``k²·c_in·c_out``."""
+    _positive(c_in=c_in, c_out=c_out, kernel=kernel)
+    if kernel % 2 == 0:
+        raise ValueError(f"kernel must be odd (same padding), got {kernel}")
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_in, kernel, padding=kernel // 2, groups=c_in, bias=False), nn.BatchNorm2d(c_in),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+    )  # fmt: skip
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: a 1x1 convolution expands ``c_in`` channels ``expand`` times, a ``kernel x kernel``
+    depthwise convolution filters them (at ``stride``), and a 1x1 convolution with no activation projects them to
+    ``c_out``; the input is added back when the shapes allow. Per output pixel (stride 1) it costs
+    ``c_in·t·c_in + k²·t·c_in + t·c_in·c_out`` multiply-accumulates with ``t = expand``."""
+
+    def __init__(self, c_in: int, c_out: int, expand: int = 4, kernel: int = 3, stride: int = 1) -> None:
+        super().__init__()
+        _positive(c_in=c_in, c_out=c_out, expand=expand, kernel=kernel, stride=stride)
+        if kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd (same padding), got {kernel}")
+        hidden = c_in * expand
+        expansion = [nn.Conv2d(c_in, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True)]
+        self.block = nn.Sequential(
+            *(expansion if expand > 1 else []),
+            nn.Conv2d(hidden, hidden, kernel, stride, kernel // 2, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, c_out, 1, bias=False), nn.BatchNorm2d(c_out),
+        )  # fmt: skip
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)
+        return x + out if self.residual else out
+
+
+class Resize(nn.Module):
+    """Resizes images to ``size x size`` (bilinear, antialiased): a model's first step when it reads fewer pixels."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, size=self.size, mode="bilinear", antialias=True, align_corners=False)
+
+
 class CNN(nn.Module):
-    """A plain CNN for 28x28 grey images: ``depth`` conv-BN-ReLU blocks, then a linear head.
+    """A plain CNN for grey images: ``depth`` conv-BN-ReLU blocks, then a linear head.
 
     Block ``i`` has ``width * 2**min(i, 2)`` channels; the first two blocks are followed by 2x2
-    max-pooling (28 -> 14 -> 7), so extra depth works at 7x7.
+    max-pooling (28 -> 14 -> 7), so extra depth works at 7x7. ``separable=True`` makes every block after the
+    first a :func:`depthwise_separable` one; ``resolution`` below 28 resizes each 28x28 input to that side first
+    (bilinear, antialiased), so depth, width and input resolution can each be scaled.
     """
 
-    def __init__(self, width: int = 32, depth: int = 2, num_classes: int = 10, dropout: float = 0.3):
+    def __init__(self, width: int = 32, depth: int = 2, num_classes: int = 10, dropout: float = 0.3,
+                 separable: bool = False, resolution: int = 28):  # fmt: skip
         super().__init__()
         _positive(width=width, depth=depth, num_classes=num_classes)
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        smallest = 2 ** min(depth, 2)  # the head needs at least one pixel after the poolings
+        if not isinstance(resolution, int) or not smallest <= resolution <= 28:
+            raise ValueError(f"resolution must be an int in [{smallest}, 28], got {resolution!r}")
+        self.resize = Resize(resolution) if resolution != 28 else nn.Identity()
         layers: list[nn.Module] = []
         c_in = 1
         for i in range(depth):
             c_out = width * 2 ** min(i, 2)
-            layers.append(_conv_bn_relu(c_in, c_out))
+            layers.append(depthwise_separable(c_in, c_out) if separable and i > 0 else _conv_bn_relu(c_in, c_out))
             if i < 2:
                 layers.append(nn.MaxPool2d(2))
             c_in = c_out
-        side = 28 // 2 ** min(depth, 2)
+        side = resolution // 2 ** min(depth, 2)
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(c_in * side * side, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.head(self.features(self.resize(x)))
 
 
 class BasicBlock(nn.Module):

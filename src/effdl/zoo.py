@@ -72,8 +72,13 @@ _RECIPES = {
 NAMES = tuple(_RECIPES)
 
 
+# architecture fields a recipe leaves out unless they are overridden (so existing recipes keep their keys)
+_OPTIONAL_ARCH = {"gpt": ("n_kv_head",), "cnn": ("separable", "resolution")}
+
+
 def recipe(name: str, **overrides: Any) -> Recipe:
-    """The recipe of baseline ``name``; ``overrides`` replace architecture or training fields.
+    """The recipe of baseline ``name``; ``overrides`` replace architecture or training fields, or set an
+    optional architecture field (the GPT's ``n_kv_head``, the CNN's ``separable`` and ``resolution``).
 
     >>> recipe("cnn-fmnist", width=8, depth=1).arch
     {'kind': 'cnn', 'width': 8, 'depth': 1}
@@ -82,13 +87,15 @@ def recipe(name: str, **overrides: Any) -> Recipe:
         raise ValueError(f"name must be one of {NAMES}, got {name!r}")
     base = _RECIPES[name]()
     arch, train = dict(base.arch), dict(base.train)
+    optional = _OPTIONAL_ARCH.get(arch["kind"], ())
     for field, value in overrides.items():
-        if field in arch and field != "kind":
+        if (field in arch or field in optional) and field != "kind":
             arch[field] = value
         elif field in train:
             train[field] = value
         else:
-            raise ValueError(f"override {field!r} is not a field of {name}: {sorted({*arch, *train} - {'kind'})}")
+            fields = sorted({*arch, *train, *optional} - {"kind"})
+            raise ValueError(f"override {field!r} is not a field of {name}: {fields}")
     return replace(base, arch=arch, train=train)
 
 
