@@ -224,8 +224,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(b, t, self.n_head, -1).transpose(1, 2)
         k, v = (z.view(b, t, self.n_kv_head, -1).transpose(1, 2) for z in (k, v))
         drop = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop,
-                                           enable_gqa=self.n_kv_head != self.n_head)  # fmt: skip
+        grouped = {"enable_gqa": True} if self.n_kv_head != self.n_head else {}  # the argument needs torch >= 2.5
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop, **grouped)
         return self.proj(y.transpose(1, 2).reshape(b, t, c))
 
 
