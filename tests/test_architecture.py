@@ -27,10 +27,12 @@ def test_misordered_counts_pairs_ranked_against_latency():
     assert ex.misordered([1, 3, 2], [10, 20, 30]) == pytest.approx(1 / 3)
 
 
-def test_check_rankings_counts_swapped_pairs():
-    assert ex.check_rankings({1: ["a", "b", "c"], 256: ["b", "a", "c"]}) == 1
+def test_swapped_pairs_and_the_batching_claim():
+    times = {1: {"a": 0.1, "b": 0.2, "c": 0.5}, 256: {"a": 0.02, "b": 0.01, "c": 0.25}}
+    assert ex.swapped_pairs(times) == 1  # a and b change places
+    assert ex.check_batching(times) == pytest.approx(20 / 2)
     with pytest.raises(claims.ClaimFailed):
-        ex.check_rankings({1: ["a", "b"], 256: ["a", "b"]})
+        ex.check_batching({1: {"a": 0.1, "b": 0.2}, 256: {"a": 0.01, "b": 0.02}})
 
 
 def test_scaling_claim_and_front_read_the_points():
@@ -59,3 +61,8 @@ def test_self_check_beats_budget_needs_both_faster_and_more_accurate(monkeypatch
     assert not ex.self_check_beats_budget((4, 1, 14, False))
     assert not ex.self_check_beats_budget((5, 1, 14, False))
     assert "slower" in capsys.readouterr().out
+
+
+def test_inverted_residual_macs_by_formula_match_flop_counter():
+    formula, counted = ex.inverted_residual_macs(16, 4, 3, 7)
+    assert formula == counted == (2 * 4 * 16 * 16 + 9 * 4 * 16) * 49
