@@ -43,13 +43,17 @@ def test_scaling_claim_and_front_read_the_points():
     assert ex.on_front(curves) == ["w8d1r14", "w16d1r14"]
 
 
-def test_latency_model_predicts_from_features_and_search_keeps_the_budget(monkeypatch):
+def test_latency_model_predicts_from_features_and_search_keeps_the_budget():
     model = ex.LatencyModel(torch.tensor([0.1, 0.01, 0.02]).numpy(), {}, 1.0)
     assert model.predict((8, 1, 28, False)) == pytest.approx(0.1 + 0.01 * 72128 / 1e6 + 0.02 * 2)
+    assert model.predict((8, 1, 14, False)) == pytest.approx(0.1 + 0.01 * 18032 / 1e6 + 0.02 * 3)  # + the resize
     found = ex.Search(1.0, {(4, 1, 14, False): (0.5, 0.80), (32, 3, 28, True): (2.0, 0.90)},
                       {(8, 1, 28, False): (0.8, 0.79)})  # fmt: skip
     assert found.best()[0] == (4, 1, 14, False) and found.hand_within()[0] == (8, 1, 28, False)
     assert ex.check_search(found) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="within the budget"):
+        ex.Search(0.1, found.found, found.hand).best()
+    assert len(ex.all_shapes()) == len(set(ex.all_shapes())) == 6 * 3 * 3 + 6 * 2 * 3  # no separable depth-1 copy
 
 
 def test_self_check_beats_budget_needs_both_faster_and_more_accurate(monkeypatch, capsys):
@@ -66,3 +70,4 @@ def test_self_check_beats_budget_needs_both_faster_and_more_accurate(monkeypatch
 def test_inverted_residual_macs_by_formula_match_flop_counter():
     formula, counted = ex.inverted_residual_macs(16, 4, 3, 7)
     assert formula == counted == (2 * 4 * 16 * 16 + 9 * 4 * 16) * 49
+    assert ex.inverted_residual_macs(16, 1, 3, 7)[0] == ex.inverted_residual_macs(16, 1, 3, 7)[1]

@@ -49,7 +49,8 @@ class InvertedResidual(nn.Module):
     """MobileNetV2's block: a 1x1 convolution expands ``c_in`` channels ``expand`` times, a ``kernel x kernel``
     depthwise convolution filters them (at ``stride``), and a 1x1 convolution with no activation projects them to
     ``c_out``; the input is added back when the shapes allow. Per output pixel (stride 1) it costs
-    ``c_in·t·c_in + k²·t·c_in + t·c_in·c_out`` multiply-accumulates with ``t = expand``."""
+    ``c_in·t·c_in + k²·t·c_in + t·c_in·c_out`` multiply-accumulates with ``t = expand`` (no first term when ``t`` is
+    1: there is nothing to expand)."""
 
     def __init__(self, c_in: int, c_out: int, expand: int = 4, kernel: int = 3, stride: int = 1) -> None:
         super().__init__()

@@ -2,17 +2,15 @@
 cheaply, measured on Fashion-MNIST CNNs and on the char-level GPT.
 
 Every image model trains through :func:`effdl.zoo.pretrained` with the short recipe of ``sec-measuring-frontier``
-(:data:`BUDGET`), so the width-and-depth variants that chapter trained are shared, not retrained; every
-latency is measured on the CPU at batch 1 (and 256 where said), interleaved (:func:`effdl.bench.compare_latency`).
-The GPTs with shared key/value heads train through the zoo as well, with the recipe of ``chap-distill-lm``'s
-student.
+(:data:`BUDGET`), so the full-resolution shapes that chapter trained are shared, not retrained; every latency is
+measured on the CPU at batch 1 (and 256 where said), interleaved (:func:`effdl.bench.compare_latency`). The GPTs
+with shared key/value heads train through the zoo as well, in the shape of ``chap-distill-lm``'s student.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import random
 
 import numpy as np
@@ -23,6 +21,7 @@ from effdl import bench as measure_bench
 from effdl import claims, lm, zoo
 from effdl.config import pick
 from effdl.experiments._shared import lm_suite, on_cpu
+from effdl.models import Resize
 
 NOTEBOOK = "08_architecture"
 BASELINE = "cnn-fmnist"
@@ -138,7 +137,8 @@ def inverted_residual_macs(channels: int, expand: int, kernel: int, side: int) -
     from effdl.models import InvertedResidual
 
     hidden = channels * expand
-    formula = (channels * hidden + kernel**2 * hidden + hidden * channels) * side**2
+    expansion = channels * hidden if expand > 1 else 0  # no expanding convolution when expand is 1
+    formula = (expansion + kernel**2 * hidden + hidden * channels) * side**2
     block = InvertedResidual(channels, channels, expand, kernel)
     return formula, measure_bench.flops(block, torch.zeros(1, channels, side, side)) // 2
 
@@ -219,11 +219,13 @@ def gqa() -> GQAResult:
 
 
 def check_gqa(result: GQAResult) -> None:
-    """The targets of ``sec-arch-gqa``: multi-query attention caches 4x fewer bytes and loses at most 3 % of
-    perplexity against four key/value heads."""
+    """The claims of ``sec-arch-gqa`` (multi-query attention caches 4x fewer bytes, and trains to a perplexity
+    within 10 % of four key/value heads) and the book's target (within 3 %)."""
     mha, mqa = max(GQA_HEADS), min(GQA_HEADS)
     claims.claim("KV-cache bytes, multi-head / multi-query", result.cache_bytes[mha] / result.cache_bytes[mqa], "==",
                  full=4.0, fast=4.0)  # fmt: skip
+    claims.claim("perplexity, multi-query / multi-head", result.perplexity[mqa] / result.perplexity[mha], "<=",
+                 full=1.1, fast=1.1)  # fmt: skip
     claims.target("perplexity, multi-query / multi-head", result.perplexity[mqa] / result.perplexity[mha], "<=", 1.03,
                   section="sec-arch-gqa")  # fmt: skip
 
@@ -238,15 +240,18 @@ HAND = [(w, d, 28, False) for w in (8, 16, 32) for d in (1, 2)]  # hand-designed
 
 
 def all_shapes() -> list[Shape]:
+    """Every shape of :data:`SPACE`; separable only from depth 2 (the first block is never separable)."""
     return [(w, d, r, s) for w in SPACE["width"] for d in SPACE["depth"] for r in SPACE["resolution"]
-            for s in SPACE["separable"]]  # fmt: skip
+            for s in SPACE["separable"] if d > 1 or not s]  # fmt: skip
 
 
-def features(shape: Shape) -> list[float]:
-    """What the latency model reads: a constant, MACs (millions), and the number of layers that launch kernels."""
+@functools.cache
+def features(shape: Shape) -> tuple[float, float, float]:
+    """What the latency model reads: a constant, MACs (millions), and the number of layers that launch their own
+    kernels (convolutions, the linear head, the resize)."""
     model = build(shape)
-    layers = sum(isinstance(m, nn.Conv2d | nn.Linear) for m in model.modules())
-    return [1.0, macs(model) / 1e6, float(layers)]
+    layers = sum(isinstance(m, nn.Conv2d | nn.Linear | Resize) for m in model.modules())
+    return 1.0, macs(model) / 1e6, float(layers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,12 +288,16 @@ class Search:
 
     def best(self) -> tuple[Shape, tuple[float, float]]:
         """The most accurate found shape whose measured latency is within the budget."""
-        within = {s: v for s, v in self.found.items() if v[0] <= self.budget_ms} or self.found
-        return max(within.items(), key=lambda item: item[1][1])
+        return self._best_within(self.found, "found")
 
     def hand_within(self) -> tuple[Shape, tuple[float, float]]:
         """The most accurate hand-designed shape within the budget."""
-        within = {s: v for s, v in self.hand.items() if v[0] <= self.budget_ms} or self.hand
+        return self._best_within(self.hand, "hand")
+
+    def _best_within(self, rows: dict[Shape, tuple[float, float]], name: str) -> tuple[Shape, tuple[float, float]]:
+        within = {s: v for s, v in rows.items() if v[0] <= self.budget_ms}
+        if not within:
+            raise ValueError(f"no {name} shape measured within the budget of {self.budget_ms:.3f} ms")
         return max(within.items(), key=lambda item: item[1][1])
 
 
@@ -300,6 +309,8 @@ def search(latency_model: LatencyModel, budget_shape: Shape = (16, 2, 28, False)
     rng = random.Random(seed)
     budget_guess = latency_model.predict(budget_shape)
     fitting = [s for s in pool if latency_model.predict(s) <= budget_guess]
+    if not fitting:
+        raise ValueError(f"no shape is predicted within the latency of {label(budget_shape)}")
     picked = rng.sample(fitting, min(CANDIDATES, len(fitting)))
     shapes = [*picked, *HAND, budget_shape]
     measured = latencies_ms({label(s): cnn(s).model for s in shapes})
@@ -360,7 +371,7 @@ def check_batching(times: dict[int, dict[str, float]]) -> float:
     speed-up per image at least 1.5 times the smallest), so a ranking at one batch size need not hold at another."""
     speedup = [times[1][k] / times[256][k] for k in times[1]]
     return claims.claim("batching speed-up per image, largest / smallest over the shapes", max(speedup) / min(speedup),
-                        ">=", full=1.5, fast=1.5)  # fmt: skip
+                        ">=", full=1.5, fast=1.2)  # fmt: skip
 
 
 # --- self-checks for the exercises -------------------------------------------------------------------
@@ -404,4 +415,4 @@ def bench() -> None:
     claims.measure("separable / plain latency ratio, batch 1", result.ratio(result.latency_b1), "x")
     check_gqa(gqa())
     check_search(search(fit_latency_model()))
-    claims.measure("search pool (shapes)", math.prod(len(v) for v in SPACE.values()))
+    claims.measure("search pool (shapes)", len(all_shapes()))
