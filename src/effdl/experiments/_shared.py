@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from effdl import data, lm, models, train, zoo
-from effdl.bench import model_device
+from effdl.bench import flops, model_device
 from effdl.config import pick
 
 LM_NAMES = ("gpt-shakespeare", "smollm2")
@@ -34,6 +34,12 @@ def fmnist_batches(split: str = "test") -> list[tuple[torch.Tensor, torch.Tensor
 def fmnist_accuracy(model: nn.Module, split: str = "test") -> float:
     """The book's accuracy (a fraction) of an image classifier on :func:`fmnist_batches` of ``split``."""
     return train.accuracy(model, fmnist_batches(split))
+
+
+def fmnist_macs(model: nn.Module) -> int:
+    """Multiply-accumulates of one forward pass of an image classifier on one 28x28 image (half the FLOPs
+    ``flop_counter`` counts), on the model's device."""
+    return flops(model, torch.zeros(1, 1, 28, 28)) // 2
 
 
 def fmnist_correct(model: nn.Module, split: str = "test") -> torch.Tensor:

@@ -20,8 +20,9 @@ from torch import nn
 from effdl import bench as measure_bench
 from effdl import claims, lm, zoo
 from effdl.config import pick
+from effdl.experiments._shared import fmnist_macs as macs
 from effdl.experiments._shared import lm_suite, on_cpu
-from effdl.models import Resize
+from effdl.models import InvertedResidual, Resize, depthwise_separable
 
 NOTEBOOK = "08_architecture"
 BASELINE = "cnn-fmnist"
@@ -53,11 +54,6 @@ def build(shape: Shape) -> nn.Module:
     width, depth, resolution, separable = shape
     return zoo.build({"kind": "cnn", "width": width, "depth": depth, "resolution": resolution,
                       "separable": separable})  # fmt: skip
-
-
-def macs(model: nn.Module) -> int:
-    """Multiply-accumulates of one forward pass at batch 1 (``flop_counter``'s FLOPs / 2)."""
-    return measure_bench.flops(on_cpu(model), zoo.example_input(BASELINE)) // 2
 
 
 def latencies_ms(models: dict[str, nn.Module], batch: int = 1) -> dict[str, float]:
@@ -124,8 +120,6 @@ def separable_macs(c_in: int, c_out: int, kernel: int, side: int) -> tuple[int, 
 
 def counted_separable_macs(c_in: int, c_out: int, kernel: int, side: int) -> tuple[int, int]:
     """The same two costs counted by ``flop_counter`` on the two layers."""
-    from effdl.models import depthwise_separable
-
     x = torch.zeros(1, c_in, side, side)
     standard = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False)
     return measure_bench.flops(standard, x) // 2, measure_bench.flops(depthwise_separable(c_in, c_out, kernel), x) // 2
@@ -134,8 +128,6 @@ def counted_separable_macs(c_in: int, c_out: int, kernel: int, side: int) -> tup
 def inverted_residual_macs(channels: int, expand: int, kernel: int, side: int) -> tuple[int, int]:
     """Multiply-accumulates of a stride-1 MobileNetV2 block on ``channels`` channels of a ``side x side`` map, by
     formula (expand, depthwise, project) and counted by ``flop_counter``."""
-    from effdl.models import InvertedResidual
-
     hidden = channels * expand
     expansion = channels * hidden if expand > 1 else 0  # no expanding convolution when expand is 1
     formula = (expansion + kernel**2 * hidden + hidden * channels) * side**2

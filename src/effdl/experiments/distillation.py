@@ -27,6 +27,7 @@ from effdl.distill import Distiller, FeatureKDLoss, KDLoss, combine_teachers
 from effdl.distill.features import FeatureTap, attention_loss
 from effdl.distill.losses import soft_targets, teacher_labels
 from effdl.experiments._shared import fmnist_accuracy, fmnist_batches, n_test_images
+from effdl.experiments._shared import fmnist_macs as macs
 from effdl.models import CNN
 
 NOTEBOOK = "07_distillation"
@@ -80,11 +81,6 @@ def teacher_logits() -> dict[str, torch.Tensor]:
 def student(name: str) -> nn.Module:
     """A fresh, untrained candidate student (:data:`CANDIDATES`)."""
     return CNN(**CANDIDATES[name])
-
-
-def macs(model: nn.Module) -> float:
-    """Multiply-accumulates of one forward pass at batch 1."""
-    return measure_bench.flops(model, zoo.example_input("cnn-fmnist")) / 2
 
 
 class TargetBatches:
@@ -375,9 +371,14 @@ class StudentEnsemble:
     ensemble: float
     distilled: list[float]
 
+    @property
+    def member_mean(self) -> float:
+        """The members' mean test accuracy."""
+        return sum(self.members) / len(self.members)
+
     def ensemble_gain(self) -> float:
         """The ensemble minus its average member, in points."""
-        return 100 * (self.ensemble - sum(self.members) / len(self.members))
+        return 100 * (self.ensemble - self.member_mean)
 
     def distilled_gain(self) -> stats.Difference:
         """The distilled students minus the members, in points over seeds."""

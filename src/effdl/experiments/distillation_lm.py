@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from effdl import claims, data, lm, models, stats, zoo
+from effdl.bench import param_count
 from effdl.config import device, pick, seed_everything
 from effdl.distill import KDLoss, kd_divergence
 from effdl.distill.online import TeacherBatches
@@ -55,11 +56,6 @@ def student_recipe(seed: int = 0) -> zoo.Recipe:
 def teacher_steps() -> int:
     """The optimizer steps the teacher trained for (its zoo recipe)."""
     return zoo.recipe(TEACHER).train["steps"]
-
-
-def parameters(model: nn.Module) -> int:
-    """Number of weights (the tied embedding and output layer counted once)."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def _streams(length: int, seed: int) -> torch.Tensor:
@@ -315,7 +311,7 @@ def self_check_token_kd(kd_loss: Callable[[torch.Tensor, torch.Tensor, torch.Ten
 
 def self_check_student(model: nn.Module, max_weights: int, max_bits: float) -> bool:
     """Exercise 3: at most ``max_weights`` weights and at most ``max_bits`` test bits per character?"""
-    weights, bits = parameters(model), bits_per_char(model.eval()).mean().item()
+    weights, bits = param_count(model), bits_per_char(model.eval()).mean().item()
     problems = [f"{weights:,} weights, more than {max_weights:,}"] if weights > max_weights else []
     if bits > max_bits:
         problems.append(f"{bits:.4f} bits per character, above {max_bits:.4f}")
@@ -325,7 +321,7 @@ def self_check_student(model: nn.Module, max_weights: int, max_bits: float) -> b
 def bench() -> None:
     """The rows of ``chap-distill-lm``: the student's size, the bits per character of every method, token KD's
     gain and share of the gap."""
-    claims.measure("teacher / student weights", parameters(teacher()) / parameters(student("alone")), "x")
+    claims.measure("teacher / student weights", param_count(teacher()) / param_count(student("alone")), "x")
     alpha = claims.measure("token KD alpha chosen on validation", choose_alpha())
     result = compare(alpha)
     for label in ("teacher", *METHODS):

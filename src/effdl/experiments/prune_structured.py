@@ -36,6 +36,7 @@ from effdl.experiments._shared import (
     on_cpu,
     score_batches,
 )
+from effdl.experiments._shared import fmnist_macs as macs
 from effdl.prune import llm as prune_llm
 from effdl.prune import recipes, structured
 from effdl.prune.masks import MaskKeeper, apply_masks_, magnitude_scores, nm_compatible, nm_masks, prunable, sparsity
@@ -57,11 +58,6 @@ def baseline() -> nn.Module:
 def example_inputs() -> dict[int, torch.Tensor]:
     """Random images at batch 1 (latency) and :data:`BATCH_THROUGHPUT` (throughput), on the CPU."""
     return {batch: zoo.example_input("resnet-fmnist", batch) for batch in (1, BATCH_THROUGHPUT)}
-
-
-def macs(model: nn.Module) -> float:
-    """Multiply-accumulates of one forward pass at batch 1 (half the FLOPs of :func:`effdl.bench.flops`)."""
-    return measure_bench.flops(model, zoo.example_input("resnet-fmnist")) / 2
 
 
 def val_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
