@@ -63,4 +63,10 @@ def test_unknown_names_and_fields_are_rejected():
     with pytest.raises(ValueError, match="colour"):
         zoo.recipe("cnn-fmnist", colour="red")
     with pytest.raises(ValueError, match="kind"):
-        zoo.build({"kind": "mlp"})
+        zoo.build({"kind": "vgg"})
+
+
+def test_lenet_is_a_model_but_not_one_of_the_baselines_every_chapter_loads():
+    lenet = zoo.build(zoo.recipe("lenet-fmnist").arch)
+    assert sum(p.numel() for p in lenet.parameters()) == 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
+    assert "lenet-fmnist" in zoo.MODEL_NAMES and "lenet-fmnist" not in zoo.NAMES

@@ -83,6 +83,23 @@ class Resize(nn.Module):
         return F.interpolate(x, size=self.size, mode="bilinear", antialias=True, align_corners=False)
 
 
+class MLP(nn.Module):
+    """A fully connected classifier for 28x28 grey images: ``hidden`` ReLU layers, then a linear head.
+    ``MLP((300, 100))`` is LeNet-300-100 (LeCun et al. 1998), Deep Compression's first case (``chap-combine``)."""
+
+    def __init__(self, hidden: tuple[int, ...] = (300, 100), num_classes: int = 10, inputs: int = 28 * 28):
+        super().__init__()
+        _positive(num_classes=num_classes, inputs=inputs, **{f"hidden[{i}]": h for i, h in enumerate(hidden)})
+        layers: list[nn.Module] = [nn.Flatten()]
+        for width in hidden:
+            layers += [nn.Linear(inputs, width), nn.ReLU(inplace=True)]
+            inputs = width
+        self.net = nn.Sequential(*layers, nn.Linear(inputs, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 class CNN(nn.Module):
     """A plain CNN for grey images: ``depth`` conv-BN-ReLU blocks, then a linear head.
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from effdl import data
 from effdl.config import FAST, cache_dir, device, pick, seed_everything
-from effdl.models import CNN, GPT, GPTConfig, ResNet
+from effdl.models import CNN, GPT, MLP, GPTConfig, ResNet
 from effdl.train import Loss, evaluate, fit, token_cross_entropy
 
 
@@ -68,8 +68,11 @@ _RECIPES = {
                                     {"kind": "resnet", "widths": [16, 32, 64], "blocks": [1, 1, 1]},
                                     _image_training(epochs=10, shift=0)),  # fmt: skip
     "gpt-shakespeare": _gpt_recipe,
+    "lenet-fmnist": lambda: Recipe("lenet-fmnist", "fmnist", {"kind": "mlp", "hidden": [300, 100]},
+                                   _image_training(epochs=10, shift=0)),  # fmt: skip
 }
-NAMES = tuple(_RECIPES)
+NAMES = ("cnn-fmnist", "resnet-fmnist", "gpt-shakespeare")  # the baselines every chapter starts from
+MODEL_NAMES = tuple(_RECIPES)  # and LeNet-300-100, Deep Compression's first case (``chap-combine``)
 
 
 # architecture fields a recipe leaves out unless they are overridden (so existing recipes keep their keys)
@@ -84,7 +87,7 @@ def recipe(name: str, **overrides: Any) -> Recipe:
     {'kind': 'cnn', 'width': 8, 'depth': 1}
     """
     if name not in _RECIPES:
-        raise ValueError(f"name must be one of {NAMES}, got {name!r}")
+        raise ValueError(f"name must be one of {MODEL_NAMES}, got {name!r}")
     base = _RECIPES[name]()
     arch, train = dict(base.arch), dict(base.train)
     optional = _OPTIONAL_ARCH.get(arch["kind"], ())
@@ -106,6 +109,7 @@ def build(arch: dict[str, Any]) -> nn.Module:
         "cnn": lambda: CNN(**fields),
         "resnet": lambda: ResNet(tuple(fields["widths"]), tuple(fields["blocks"])),
         "gpt": lambda: GPT(GPTConfig(**fields)),
+        "mlp": lambda: MLP(tuple(fields["hidden"])),
     }
     if arch.get("kind") not in builders:
         raise ValueError(f"arch kind must be one of {tuple(builders)}, got {arch.get('kind')!r}")
@@ -181,7 +185,7 @@ def _paths(rec: Recipe):
 
 
 def pretrained(name: str, *, retrain: bool = False, **overrides: Any) -> Baseline:
-    """Baseline ``name`` (``cnn-fmnist``, ``resnet-fmnist`` or ``gpt-shakespeare``), trained.
+    """Baseline ``name`` (one of :data:`MODEL_NAMES`), trained.
 
     Loads the cached checkpoint for this exact recipe, or trains it once (on
     :func:`effdl.device`) and caches it. ``overrides`` change recipe fields, e.g.
