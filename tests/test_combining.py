@@ -68,3 +68,36 @@ def test_bit_counting_overstates_the_ratio_of_a_file_with_positions(lenet):
 def test_stage_names_are_checked(lenet):
     with pytest.raises(ValueError, match="stage must be one of"):
         ex.stage_file(ex.LENET, "zipped", lenet.model)
+
+
+def test_int8_weights_keep_zeros_use_at_most_255_levels_and_pack_smaller(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    with torch.no_grad():
+        for layer in (model[0], model[2]):
+            layer.weight.mul_(torch.rand_like(layer.weight) > 0.75)
+    zeros = [(layer.weight == 0).clone() for layer in (model[0], model[2])]
+    original = [layer.weight.clone() for layer in (model[0], model[2])]
+    ex.int8_weights_(model)
+    for layer, zero, before in zip((model[0], model[2]), zeros, original, strict=True):
+        assert (layer.weight[zero] == 0).all()  # pruned weights stay pruned (tiny ones may round to zero too)
+        assert torch.unique(layer.weight).numel() <= 256  # 255 levels and zero
+        step = before.abs().max() / 127
+        assert (layer.weight - before).abs().max() <= step / 2 + 1e-7
+    assert ex.packed_bytes(model, share=True) < ex.packed_bytes(model, share=False)
+
+
+def test_closest_compares_ratios_and_the_chart_finds_the_smallest_close_file():
+    assert ex.closest(100, {1: 45, 2: 190, 3: 260}) == 2  # 190/100 is nearer than 100/45
+    right = torch.tensor([True] * 9 + [False])
+
+    def point(size, correct):
+        return ex.Compressed(torch.nn.Identity(), size, torch.where(correct, 1, 0))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ex.quant_cnn, "labels", lambda: torch.ones(10, dtype=torch.long))
+        chart = ex.Pareto({"cnn-fmnist": point(1000, right), "small": point(50, right.roll(1)),
+                           "tiny": point(10, torch.zeros(10, dtype=torch.bool))}, {})  # fmt: skip
+        assert chart.accuracy("small") == pytest.approx(90.0)
+        assert chart.smallest_within(1.0) == "small"
+        assert chart.smallest_within(100.0) == "tiny"

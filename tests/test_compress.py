@@ -7,7 +7,7 @@ import torch
 from dahuffman import HuffmanCodec
 from torch import nn
 
-from effdl.compress import coding, packfile, sharing
+from effdl.compress import Ensemble, coding, disagreement, packfile, sharing
 from effdl.models import MLP
 
 
@@ -142,3 +142,24 @@ def test_gap_symbols_with_fillers_give_back_the_positions():
         symbols = packfile.gap_symbols(gaps, limit)
         assert max(symbols) <= limit
         assert torch.equal(packfile.positions_of(symbols, limit), positions)
+
+
+def test_ensemble_averages_member_probabilities_and_needs_two_members():
+    torch.manual_seed(0)
+    members = [nn.Linear(6, 4) for _ in range(3)]
+    x = torch.randn(5, 6)
+    mean = torch.stack([m(x).softmax(-1) for m in members]).mean(0)
+    assert torch.allclose(Ensemble(members)(x).softmax(-1), mean, atol=1e-6)
+    one = nn.Linear(6, 4)
+    assert torch.equal(Ensemble([one, one])(x).argmax(-1), one(x).argmax(-1))
+    with pytest.raises(ValueError, match="members"):
+        Ensemble([one])
+
+
+def test_disagreement_is_the_mean_pairwise_rate_of_different_predictions():
+    a, b, c = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 2, 0]), torch.tensor([1, 1, 0, 0])
+    assert disagreement([a, a, a]) == 0
+    assert disagreement([a, b]) == pytest.approx(0.25)
+    assert disagreement([a, b, c]) == pytest.approx((0.25 + 0.75 + 0.5) / 3)
+    with pytest.raises(ValueError, match="predictions"):
+        disagreement([a, torch.tensor([0, 1])])

@@ -233,6 +233,17 @@ def test_trained_students_are_shared_and_kd_options_do_not_split_the_label_runs(
         ex._trained.cache_clear()
 
 
+def test_students_are_named_by_width_and_bad_names_are_refused():
+    from effdl.experiments import distillation as ex
+
+    model = ex.student("CNN w12")
+    assert model.features[0][0].out_channels == 12 and len(model.features) == 2  # one block and its pooling
+    assert all(ex.student(name) is not None for name in ex.CANDIDATES)
+    for bad in ("CNN w0", "CNN 12", "MLP w8"):
+        with pytest.raises(ValueError, match="name"):
+            ex.student(bad)
+
+
 def test_self_check_kd_loss_accepts_the_formula_and_names_a_missing_t_squared(capsys):
     from effdl.experiments import distillation as ex
 

@@ -1,6 +1,7 @@
 """The experiments of ``chap-combine`` (``notebooks/09_combining.ipynb``): Deep Compression from scratch on
-LeNet-300-100 and ``cnn-fmnist`` (prune, share weights, Huffman-code, one file per stage), and what the order
-of pruning and quantization does.
+LeNet-300-100 and ``cnn-fmnist`` (prune, share weights, Huffman-code, one file per stage), what the order
+of pruning and quantization does, ensembles of int8 models against one larger int8 model, a distilled student
+pruned and quantized, and the book's Pareto chart: every compression chapter's best model measured in one run.
 
 Pruning is the iterative magnitude pruning with fine-tuning of ``sec-prune-unstructured-iterative``
 (:func:`effdl.prune.recipes.prune_finetune`); the sparsity is chosen on the validation split, every reported
@@ -12,20 +13,26 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
+import tempfile
 from collections import Counter
+from pathlib import Path
 
 import torch
 from dahuffman import HuffmanCodec
 from safetensors.torch import save_model
 from torch import nn
 
-from effdl import claims, train, zoo
-from effdl.bench import size_bytes
-from effdl.compress import coding, packfile, sharing
+from effdl import claims, stats, train, zoo
+from effdl.bench import compare_latency, pareto_front, size_bytes
+from effdl.compress import Ensemble, coding, disagreement, packfile, sharing
 from effdl.config import cache_dir, pick
-from effdl.experiments._shared import fmnist_accuracy
+from effdl.distill import combine_teachers
+from effdl.experiments import architecture, distillation, prune_structured, quant_cnn
+from effdl.experiments._shared import fmnist_accuracy, on_cpu
 from effdl.prune import recipes
 from effdl.prune.masks import magnitude_scores, prunable, sparsity
+from effdl.quant.core import fake_quantize
 
 NOTEBOOK = "09_combining"
 LENET = "lenet-fmnist"
@@ -35,6 +42,7 @@ BITS = 4  # codebook of 16 values per layer
 FINETUNE = {  # per pruning step; the CNN's epochs cost about 20 times LeNet's
     LENET: pick(fast={"epochs": 1, "train_limit": 4000}, full={"epochs": 4, "train_limit": None}),
     "cnn-fmnist": pick(fast={"epochs": 1, "train_limit": 2000}, full={"epochs": 1, "train_limit": None}),
+    "student": pick(fast={"epochs": 1, "train_limit": 2000}, full={"epochs": 1, "train_limit": None}),
 }
 CNN_SCHEDULE = (0.5, 0.75, 0.9, 0.95)
 STAGES = ("fp32", "pruned", "shared", "huffman")
@@ -123,6 +131,7 @@ class DeepCompression:
     untuned_accuracy: float  # shared, before the centroids are fine-tuned
     reloaded_accuracy: float
     layers: dict[str, dict[str, float]]
+    pruned: nn.Module = dataclasses.field(repr=False)  # the pruned stage, in memory
     model: nn.Module = dataclasses.field(repr=False)  # the last stage, in memory
 
     def ratio(self, stage: str = "huffman") -> float:
@@ -172,7 +181,7 @@ def deep_compression(name: str) -> DeepCompression:
         bytes={stage: f[0] for stage, f in files.items()}, parts={stage: f[1] for stage, f in files.items()},
         untuned_accuracy=100 * fmnist_accuracy(sharing.bake_(sharing.share_weights_(copy.deepcopy(pruned), BITS))),
         reloaded_accuracy=100 * fmnist_accuracy(load_stage(name, "huffman")), layers=index_coding(shared),
-        model=shared,
+        pruned=pruned, model=shared,
     )  # fmt: skip
 
 
@@ -241,6 +250,267 @@ def check_order(result: dict[str, dict], bits: int = 2) -> float:
                         full=5, fast=5, unit="pt")  # fmt: skip
 
 
+# --- ensembles of compressed models (sec-combine-ensemble) ---------------------------------------------
+
+MEMBER = "CNN w8"  # a student of chap-distill: one conv block of 8 channels and a linear head
+ENSEMBLE_SEEDS = (0, 1, 2)  # one member per seed
+SINGLE_WIDTHS = (12, 16, 24, 32, 48, 64, 96, 128)  # the one larger model: closest to the ensemble in bytes or latency
+ROUNDS = pick(fast=2, full=5)  # interleaved timing rounds
+LATENCY_BATCH = 1  # one request at a time, as a server sees it
+
+
+@dataclasses.dataclass(frozen=True)
+class Compressed:
+    """A model as the comparisons use it: what runs on the CPU, its bytes on disk, its class for each test
+    image."""
+
+    model: nn.Module = dataclasses.field(repr=False)
+    bytes: int
+    predictions: torch.Tensor = dataclasses.field(repr=False)
+
+    @property
+    def correct(self) -> torch.Tensor:
+        return self.predictions == quant_cnn.labels()
+
+    @property
+    def accuracy(self) -> float:
+        """Test accuracy (%)."""
+        return 100 * self.correct.float().mean().item()
+
+
+def int8(model: nn.Module) -> Compressed:
+    """``model`` as a real int8 CPU model (``sec-quant-cnn-engine``): the engine runs and is scored; the bytes are
+    those of its int8 safetensors file."""
+    result = quant_cnn.int8_engine(on_cpu(model), quant_cnn.calibration())
+    return Compressed(result.engine, quant_cnn.file_bytes(model, result.simulated)[1], result.engine_predictions)
+
+
+def fp32(model: nn.Module) -> Compressed:
+    """``model`` on the CPU in float32; its bytes are those of its safetensors file."""
+    model = on_cpu(model).eval()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "fp32.safetensors"
+        save_model(model, str(path))
+        return Compressed(model, size_bytes(path), quant_cnn.predictions(model))
+
+
+def latencies(models: dict[str, nn.Module], batch: int = LATENCY_BATCH) -> dict[str, float]:
+    """Median seconds per forward pass of each model on the CPU at ``batch``, timed interleaved."""
+    return compare_latency(models, zoo.example_input("cnn-fmnist", batch), rounds=ROUNDS)
+
+
+def closest(target: float, candidates: dict[int, float]) -> int:
+    """The key whose value is nearest ``target`` as a ratio (the smallest ``|log(value / target)|``)."""
+    return min(candidates, key=lambda key: abs(math.log(candidates[key] / target)))
+
+
+@dataclasses.dataclass
+class EnsembleStudy:
+    """Int8 members, their ensemble, the one larger int8 model of equal bytes and of equal latency, and one
+    member-sized student distilled from the ensemble (``sec-combine-ensemble``)."""
+
+    members: list[Compressed]
+    ensemble: Compressed
+    candidate_bytes: dict[int, int]  # width -> int8 file bytes of an untrained candidate
+    candidate_latency: dict[int, float]  # width -> seconds per forward pass, timed with the ensemble's
+    ensemble_latency: float
+    member_latency: float  # the first member's
+    by_bytes: int
+    by_latency: int
+    singles: dict[int, Compressed]  # width -> the trained one larger model, int8
+    distilled: Compressed
+    distilled_fp32: nn.Module = dataclasses.field(repr=False)
+
+    @property
+    def member_mean(self) -> float:
+        return sum(m.accuracy for m in self.members) / len(self.members)
+
+    def disagreement(self) -> float:
+        """How often two members predict different classes (:func:`~effdl.compress.disagreement`)."""
+        return disagreement([m.predictions for m in self.members])
+
+    def gain(self) -> float:
+        """The ensemble minus its average member, in points."""
+        return self.ensemble.accuracy - self.member_mean
+
+    def against(self, other: Compressed) -> stats.Paired:
+        """McNemar's test of the ensemble against ``other`` on the same test images."""
+        return stats.mcnemar(self.ensemble.correct, other.correct)
+
+
+def kd_setting(name: str) -> distillation.Setting:
+    """The (temperature, alpha) that ``chap-distill``'s sweep chooses on the validation split for student
+    ``name``."""
+    return distillation.best_setting(distillation.temperature_sweep(name))
+
+
+def ensemble_targets(members: list[nn.Module], temperature: float) -> torch.Tensor:
+    """The members' probabilities at ``temperature`` averaged, on the training images: KD targets
+    (``sec-distill-multi``)."""
+    images = distillation.train_images().tensors[0]
+    return combine_teachers([distillation.logits_of(m, images) for m in members], "probabilities", temperature)
+
+
+@functools.cache
+def ensemble_study() -> EnsembleStudy:
+    """Train the members alone (one per seed), make each int8 and average them; pick the one larger model's width
+    by the int8 bytes of untrained candidates and by their latency, timed interleaved with the ensemble; train
+    those; distill the fp32 members' ensemble into one member-sized student at :func:`kd_setting`."""
+    trained = [distillation.trained(MEMBER, "alone", seed) for seed in ENSEMBLE_SEEDS]
+    members = [int8(model) for model in trained]
+    together = Ensemble([m.model for m in members])
+    ensemble = Compressed(together, sum(m.bytes for m in members), quant_cnn.predictions(together))
+    candidates = {w: int8(distillation.student(f"CNN w{w}")) for w in SINGLE_WIDTHS}
+    timed = latencies({"ensemble": together, "member": members[0].model,
+                       **{f"w{w}": c.model for w, c in candidates.items()}})  # fmt: skip
+    candidate_latency = {w: timed[f"w{w}"] for w in SINGLE_WIDTHS}
+    by_bytes = closest(ensemble.bytes, {w: c.bytes for w, c in candidates.items()})
+    by_latency = closest(timed["ensemble"], candidate_latency)
+    singles = {w: int8(distillation.trained(f"CNN w{w}", "alone", 0)) for w in sorted({by_bytes, by_latency})}
+    temperature, alpha = kd_setting(MEMBER)
+    distilled = distillation.train_student(MEMBER, "KD", 0, temperature=temperature, alpha=alpha,
+                                           targets=ensemble_targets(trained, temperature))  # fmt: skip
+    return EnsembleStudy(members, ensemble, {w: c.bytes for w, c in candidates.items()}, candidate_latency,
+                         timed["ensemble"], timed["member"], by_bytes, by_latency, singles, int8(distilled),
+                         distilled)  # fmt: skip
+
+
+def check_ensemble(study: EnsembleStudy) -> float:
+    """The ensemble of int8 members beats its average member."""
+    return claims.claim("int8 ensemble minus its mean member", study.gain(), ">=", full=0.2, fast=-1.0, unit="pt")
+
+
+# --- distill, prune, quantize (sec-combine-pipeline) ----------------------------------------------------
+
+PIPELINE_SCHEDULE = (0.5, 0.75)  # the student's iterative pruning, a fine-tune after each step
+PIPELINE = ("fp32", "pruned", "pruned + int8")
+
+
+def int8_weights_(model: nn.Module) -> nn.Module:
+    """Every prunable weight rounded to 8 bits, symmetric, one scale per tensor (``sec-quant-basics-affine``): at
+    most 255 levels and zero stays zero, so the packed file stores one 8-bit index per surviving weight."""
+    with torch.no_grad():
+        for layer in prunable(model).values():
+            layer.weight.copy_(fake_quantize(layer.weight, 8))
+    return model
+
+
+def packed_bytes(model: nn.Module, share: bool) -> int:
+    """Bytes of ``model``'s packed file (:mod:`effdl.compress.packfile`, no Huffman codes): its sparse weights'
+    positions as gaps and their values as float32, or (``share``) as indices into each weight's distinct
+    values; everything else raw."""
+    with tempfile.TemporaryDirectory() as folder:
+        packfile.save(model.state_dict(), Path(folder) / "model.bin", share=share, huffman=False)
+        return size_bytes(Path(folder) / "model.bin")
+
+
+def compress_student(model: nn.Module) -> dict[str, Compressed]:
+    """``model`` (a student of ``chap-distill``) pruned along :data:`PIPELINE_SCHEDULE` with fine-tuning, then its
+    weights rounded to 8 bits: each stage's test predictions and bytes on disk."""
+    pruned = recipes.prune_finetune(on_cpu(copy.deepcopy(model)), list(PIPELINE_SCHEDULE), _finetune("student"))
+    pruned = on_cpu(pruned).eval()
+    quantized = int8_weights_(copy.deepcopy(pruned))
+    return {"fp32": fp32(model),
+            "pruned": Compressed(pruned, packed_bytes(pruned, share=False), quant_cnn.predictions(pruned)),
+            "pruned + int8": Compressed(quantized, packed_bytes(quantized, share=True),
+                                        quant_cnn.predictions(quantized))}  # fmt: skip
+
+
+@functools.cache
+def pipeline() -> dict[str, dict[str, Compressed]]:
+    """The seed-0 member trained alone and the student distilled from the ensemble (same shape, same seed), each
+    through :func:`compress_student`: does what distillation bought survive pruning and quantization?"""
+    return {"alone": compress_student(distillation.trained(MEMBER, "alone", 0)),
+            "distilled": compress_student(ensemble_study().distilled_fp32)}  # fmt: skip
+
+
+def kd_gains(result: dict[str, dict[str, Compressed]]) -> dict[str, stats.Paired]:
+    """McNemar's test of the distilled student against the one trained alone, at each stage."""
+    return {stage: stats.mcnemar(result["distilled"][stage].correct, result["alone"][stage].correct)
+            for stage in PIPELINE}  # fmt: skip
+
+
+def check_pipeline(result: dict[str, dict[str, Compressed]]) -> float:
+    """Pruning and 8-bit weights shrink the distilled student's file at least five times."""
+    stages = result["distilled"]
+    ratio = stages["fp32"].bytes / stages["pruned + int8"].bytes
+    return claims.claim("distilled student, fp32 file / pruned + int8 file", ratio, ">=", full=5, fast=5, unit="x")
+
+
+# --- the book's Pareto chart (sec-combine-pareto) -------------------------------------------------------
+
+SOURCES = {  # each point of the chart and the chapter whose code builds it
+    "cnn-fmnist": "chap-measuring", "resnet-fmnist": "chap-measuring", "int8 engine": "chap-quant-cnn",
+    "pruned": "chap-prune-unstructured", "channels pruned": "chap-prune-structured", "KD student": "chap-distill",
+    "separable": "chap-arch", "Deep Compression": "chap-combine", "int8 ensemble": "chap-combine",
+    "distilled, pruned, int8": "chap-combine",
+}  # fmt: skip
+
+
+@dataclasses.dataclass
+class Pareto:
+    """Each compression chapter's best model of Fashion-MNIST, and the baselines: test predictions and bytes on
+    disk, and seconds per forward pass at :data:`LATENCY_BATCH`, all timed in one interleaved run."""
+
+    points: dict[str, Compressed]
+    latency: dict[str, float]
+
+    def accuracy(self, label: str) -> float:
+        return self.points[label].accuracy
+
+    def smallest_within(self, points: float, of: str = "cnn-fmnist") -> str:
+        """The point with the smallest file whose test accuracy is within ``points`` of ``of``'s."""
+        close = [k for k, p in self.points.items() if self.accuracy(of) - p.accuracy <= points]
+        return min(close, key=lambda k: self.points[k].bytes)
+
+
+def kd_student() -> nn.Module:
+    """``chap-distill``'s KD student as that chapter picks it: the student :func:`~distillation.choose_student`
+    chooses, taught by its teacher at :func:`kd_setting`, seed 0."""
+    name = distillation.choose_student().chosen
+    temperature, alpha = kd_setting(name)
+    return distillation.trained(name, "KD", 0, temperature=temperature, alpha=alpha)
+
+
+def book_models() -> dict[str, Compressed]:
+    """The points of :data:`SOURCES`, each built through its chapter's experiments module (the baselines come from
+    the zoo). Two differ from their chapter's own headline: the channels are pruned from ``cnn-fmnist`` by
+    Torch-Pruning (that chapter's headline prunes the ResNet), and the separable CNN is trained on its chapter's
+    shorter budget."""
+    base = zoo.pretrained("cnn-fmnist").model
+    cnn = deep_compression("cnn-fmnist")
+    return {
+        "cnn-fmnist": fp32(base),
+        "resnet-fmnist": fp32(zoo.pretrained("resnet-fmnist").model),
+        "int8 engine": int8(base),
+        "pruned": Compressed(cnn.pruned, cnn.bytes["pruned"], quant_cnn.predictions(cnn.pruned)),
+        "channels pruned": fp32(prune_structured.torch_pruning_pruned(on_cpu(base), 0.5)),
+        "KD student": fp32(kd_student()),
+        "separable": fp32(architecture.cnn(architecture.SEPARABLE).model),
+        "Deep Compression": Compressed(cnn.model, cnn.bytes["huffman"], quant_cnn.predictions(cnn.model)),
+        "int8 ensemble": ensemble_study().ensemble,
+        "distilled, pruned, int8": pipeline()["distilled"]["pruned + int8"],
+    }
+
+
+@functools.cache
+def pareto() -> Pareto:
+    """:func:`book_models`, measured: accuracy and bytes as built, latency in one interleaved run."""
+    points = book_models()
+    return Pareto(points, latencies({label: p.model for label, p in points.items()}))
+
+
+def check_pareto(result: Pareto) -> None:
+    """Bytes on disk and latency rank the models differently: the smallest file within a point of ``cnn-fmnist``
+    is far smaller than its fp32 file, and Deep Compression's model, dense in memory, runs no faster."""
+    smallest = result.points[result.smallest_within(1.0)]
+    claims.claim("cnn-fmnist fp32 file / smallest file within 1 pt of it", result.points["cnn-fmnist"].bytes /
+                 smallest.bytes, ">=", full=10, fast=5, unit="x")  # fmt: skip
+    claims.claim("Deep Compression latency / cnn-fmnist fp32 latency",
+                 result.latency["Deep Compression"] / result.latency["cnn-fmnist"], ">=", full=0.8, fast=0.8,
+                 unit="x")  # fmt: skip
+
+
 # --- pitfalls (sec-combine-pitfalls) ---------------------------------------------------------------------
 
 
@@ -285,9 +555,25 @@ def self_check_shared_bytes(answer: int) -> bool:
     return claims.self_check(problems, f"{right:,} bytes on disk")
 
 
+def self_check_latency_frontier(answer: set[str]) -> bool:
+    """Exercise 4: is ``answer`` the set of the chart's points on the accuracy/latency frontier (no other point is
+    both as fast and more accurate)?"""
+    result = pareto()
+    labels = list(result.points)
+    front = pareto_front([result.latency[k] for k in labels], [result.accuracy(k) for k in labels])
+    right = {labels[i] for i in front}
+    problems = []
+    if right - answer:
+        problems.append(f"missing {sorted(right - answer)}")
+    if answer - right:
+        problems.append(f"not on the frontier: {sorted(answer - right)}")
+    return claims.self_check(problems, f"{len(right)} points: {', '.join(sorted(right))}")
+
+
 def bench() -> None:
     """The chapter's rows: Deep Compression of LeNet-300-100 (targets and claims) and of ``cnn-fmnist``
-    (reported), the Huffman coding checks, the order of pruning and sharing, the bit-counting pitfall."""
+    (reported), the Huffman coding checks, the order of pruning and sharing, the bit-counting pitfall, the int8
+    ensemble, the distilled student pruned and quantized, and the Pareto chart's claims."""
     lenet = deep_compression(LENET)
     check_deep_compression(lenet)
     check_coding(lenet.layers)
@@ -296,3 +582,9 @@ def bench() -> None:
     claims.measure("cnn-fmnist fp32 file / Deep Compression file", cnn.ratio(), "x")
     claims.measure("cnn-fmnist test accuracy drop after Deep Compression", cnn.drop(), "pt")
     check_order(order())
+    study = ensemble_study()
+    check_ensemble(study)
+    claims.measure("int8 ensemble minus the one int8 model of equal bytes", 100 * study.against(
+        study.singles[study.by_bytes]).difference, "pt")  # fmt: skip
+    check_pipeline(pipeline())
+    check_pareto(pareto())

@@ -216,7 +216,7 @@ def check_qat(chart: dict[str, QATRow], fp32: float) -> None:
 
 
 @torch.inference_mode()  # as in effdl.bench.latency: a compiled model would compile again for another grad mode
-def _predictions(model: nn.Module, batch: int | None = None) -> torch.Tensor:
+def predictions(model: nn.Module, batch: int | None = None) -> torch.Tensor:
     """``model``'s class for every test image of :func:`fmnist_batches`, run on ``model``'s device and returned
     on the CPU; with ``batch``, ``batch`` images at a time, the last batch padded with zeros, so a model compiled
     for one static shape compiles once."""
@@ -228,7 +228,8 @@ def _predictions(model: nn.Module, batch: int | None = None) -> torch.Tensor:
     return torch.cat([model(chunk.to(dev)).argmax(1).cpu() for chunk in padded.split(batch)])[: len(images)]
 
 
-def _labels() -> torch.Tensor:
+def labels() -> torch.Tensor:
+    """The class of every test image of :func:`fmnist_batches`, in the order of :func:`predictions`."""
     return torch.cat([y for _, y in fmnist_batches()])
 
 
@@ -243,11 +244,11 @@ class EngineResult:
 
     @property
     def engine_correct(self) -> torch.Tensor:
-        return self.engine_predictions == _labels()
+        return self.engine_predictions == labels()
 
     @property
     def simulated_correct(self) -> torch.Tensor:
-        return self.simulated_predictions == _labels()
+        return self.simulated_predictions == labels()
 
     @property
     def agreement(self) -> float:
@@ -268,7 +269,7 @@ def int8_engine(model: nn.Module, calibration: list[torch.Tensor]) -> EngineResu
     with the same calibration images on ``model``'s device; their test predictions (``sec-quant-cnn-engine``)."""
     engine = qmodel.int8_engine(model, calibration, calibration[0])
     simulated = quantize_model(model, QuantConfig(), calibration)
-    return EngineResult(engine, simulated, _predictions(engine), _predictions(simulated))
+    return EngineResult(engine, simulated, predictions(engine), predictions(simulated))
 
 
 def check_engine(result: EngineResult) -> float:
@@ -397,13 +398,13 @@ def pt2e_route(model: nn.Module, calibration: list[torch.Tensor], engine: Engine
     reference = qmodel.pt2e_int8(model, calibration, calibration[0])
     converted = time.perf_counter()
     compiled = qmodel.compile_int8(reference)
-    predictions = _predictions(compiled, BATCH_THROUGHPUT)  # the first call compiles, for the size timed later
+    classes = predictions(compiled, BATCH_THROUGHPUT)  # the first call compiles, for the size timed later
     compiled_at = time.perf_counter()
     seconds = {"export, calibrate, convert": converted - start, "first call (compiles)": compiled_at - converted}
-    agreement = {name: (predictions == other).double().mean().item()
+    agreement = {name: (classes == other).double().mean().item()
                  for name, other in (("simulation", engine.simulated_predictions),
                                      ("FX engine", engine.engine_predictions))}  # fmt: skip
-    return PT2EResult(reference, compiled, predictions == _labels(), agreement, seconds)
+    return PT2EResult(reference, compiled, classes == labels(), agreement, seconds)
 
 
 def check_pt2e(result: PT2EResult, fp32: float) -> float:
