@@ -70,7 +70,7 @@ def test_stage_names_are_checked(lenet):
         ex.stage_file(ex.LENET, "zipped", lenet.model)
 
 
-def test_int8_weights_keep_zeros_use_at_most_255_levels_and_pack_smaller(tmp_path):
+def test_8bit_weights_keep_zeros_use_at_most_255_levels_and_pack_smaller():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
     with torch.no_grad():
@@ -78,7 +78,7 @@ def test_int8_weights_keep_zeros_use_at_most_255_levels_and_pack_smaller(tmp_pat
             layer.weight.mul_(torch.rand_like(layer.weight) > 0.75)
     zeros = [(layer.weight == 0).clone() for layer in (model[0], model[2])]
     original = [layer.weight.clone() for layer in (model[0], model[2])]
-    ex.int8_weights_(model)
+    ex.round_weights_8bit_(model)
     for layer, zero, before in zip((model[0], model[2]), zeros, original, strict=True):
         assert (layer.weight[zero] == 0).all()  # pruned weights stay pruned (tiny ones may round to zero too)
         assert torch.unique(layer.weight).numel() <= 256  # 255 levels and zero
@@ -89,6 +89,8 @@ def test_int8_weights_keep_zeros_use_at_most_255_levels_and_pack_smaller(tmp_pat
 
 def test_closest_compares_ratios_and_the_chart_finds_the_smallest_close_file():
     assert ex.closest(100, {1: 45, 2: 190, 3: 260}) == 2  # 190/100 is nearer than 100/45
+    with pytest.raises(ValueError, match="candidates"):
+        ex.closest(100, {})
     right = torch.tensor([True] * 9 + [False])
 
     def point(size, correct):
@@ -101,3 +103,5 @@ def test_closest_compares_ratios_and_the_chart_finds_the_smallest_close_file():
         assert chart.accuracy("small") == pytest.approx(90.0)
         assert chart.smallest_within(1.0) == "small"
         assert chart.smallest_within(100.0) == "tiny"
+        with pytest.raises(ValueError, match="of must be"):
+            chart.smallest_within(1.0, of="vgg")

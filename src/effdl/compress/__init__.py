@@ -10,5 +10,14 @@ from effdl.compress import coding, ensemble, packfile, sharing
 from effdl.compress.ensemble import Ensemble, disagreement
 from effdl.compress.sharing import bake_, kmeans_1d, share_weights_
 
-__all__ = ["Ensemble", "bake_", "coding", "disagreement", "ensemble", "kmeans_1d", "packfile", "share_weights_",
-           "sharing"]  # fmt: skip
+__all__ = [
+    "Ensemble",
+    "bake_",
+    "coding",
+    "disagreement",
+    "ensemble",
+    "kmeans_1d",
+    "packfile",
+    "share_weights_",
+    "sharing",
+]

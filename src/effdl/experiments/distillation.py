@@ -391,6 +391,13 @@ class StudentEnsemble:
         return stats.Difference(100 * diff.value, 100 * diff.se, diff.dof)
 
 
+def ensemble_targets(members: list[nn.Module], temperature: float) -> torch.Tensor:
+    """The members' probabilities at ``temperature`` averaged on :func:`train_images`: the targets that distil an
+    ensemble into one student (``sec-distill-multi``)."""
+    images = train_images().tensors[0]
+    return combine_teachers([logits_of(m, images) for m in members], "probabilities", temperature)
+
+
 def ensemble_of_students(name: str, setting: Setting) -> StudentEnsemble:
     """The :data:`SEEDS` students ``name`` trained alone, averaged into an ensemble, then distilled at ``setting``
     into one student of the same size from each seed: the ensemble's soft targets on the training images
@@ -399,8 +406,7 @@ def ensemble_of_students(name: str, setting: Setting) -> StudentEnsemble:
     x, y = (torch.cat(part) for part in zip(*fmnist_batches(), strict=True))
     test_logits = [logits_of(m, x) for m in members]
     ensemble = combine_teachers(test_logits, "probabilities", 1.0).argmax(1).eq(y).float().mean().item()
-    targets = combine_teachers([logits_of(m, train_images().tensors[0]) for m in members], "probabilities",
-                               setting[0])  # fmt: skip
+    targets = ensemble_targets(members, setting[0])
     distilled = [fmnist_accuracy(train_student(name, "KD", s, targets=targets, **_kd(setting))) for s in SEEDS]
     return StudentEnsemble([fmnist_accuracy(m) for m in members], ensemble, distilled)
 
