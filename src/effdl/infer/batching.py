@@ -1,0 +1,182 @@
+"""Serving many generation requests with one model: static batching against continuous batching.
+
+Static batching groups requests and runs each group until its longest request is done, so rows that finish
+early sit idle and later requests wait for the whole group. Continuous batching (Yu et al., 2022, "Orca")
+schedules at token granularity: every step decodes one token for each running request, finished requests
+leave at once, and waiting requests join the free rows while the step's token budget lasts (a prompt costs its
+length, a decode step one token). Both run the book's GPT through :mod:`effdl.infer.kv_cache`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import deque
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from effdl.infer.kv_cache import KVCache, forward_cached, generate_batch, next_token
+from effdl.infer.paged import PagedKVCache
+from effdl.models import GPT
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """A prompt (1-D token ids), how many tokens to generate, and the scheduler step it arrives at."""
+
+    prompt: torch.Tensor
+    max_new_tokens: int
+    arrival: int = 0
+
+    def __post_init__(self) -> None:
+        if self.prompt.ndim != 1 or len(self.prompt) == 0:
+            raise ValueError(f"prompt must be a non-empty 1-D token tensor, got shape {tuple(self.prompt.shape)}")
+        if self.max_new_tokens < 1 or self.arrival < 0:
+            raise ValueError(f"max_new_tokens must be >= 1 and arrival >= 0, got {self.max_new_tokens}, "
+                             f"{self.arrival}")  # fmt: skip
+
+
+@dataclasses.dataclass
+class Served:
+    """One request's new tokens and when it was admitted, got its first token and finished: scheduler steps and
+    seconds since the run began."""
+
+    tokens: list[int]
+    admitted_step: int
+    finished_step: int
+    first_token_s: float
+    finished_s: float
+
+
+def static_batching(model: GPT, requests: Sequence[Request], batch_size: int) -> list[Served]:
+    """Requests in groups of ``batch_size`` (in order), each group generated to its longest ``max_new_tokens``
+    with one prefill and then one decode step per token, its other rows cut to their own length afterwards."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    start, served, step = time.perf_counter(), [], 0
+    for first in range(0, len(requests), batch_size):
+        group = requests[first : first + batch_size]
+        longest = max(r.max_new_tokens for r in group)
+        outputs = generate_batch(model, [r.prompt for r in group], longest)
+        done = time.perf_counter() - start
+        for request, out in zip(group, outputs, strict=True):
+            tokens = out[len(request.prompt) : len(request.prompt) + request.max_new_tokens].tolist()
+            served.append(Served(tokens, step, step + longest, done, done))  # tokens arrive with the group
+        step += longest
+    return served
+
+
+class ContinuousBatcher:
+    """Continuous batching over ``max_batch`` rows of one cache (a contiguous
+    :class:`~effdl.infer.kv_cache.KVCache` of the model's context, or the ``cache`` given, e.g. a
+    :class:`~effdl.infer.paged.PagedKVCache`); each step spends at most ``token_budget`` tokens (running
+    requests' decodes first, then waiting prompts, first come first served)."""
+
+    def __init__(self, model: GPT, max_batch: int, token_budget: int, cache: KVCache | PagedKVCache | None = None,
+                 ) -> None:  # fmt: skip
+        if max_batch < 1 or token_budget < max_batch:
+            raise ValueError(f"max_batch must be >= 1 and token_budget >= max_batch, got {max_batch}, {token_budget}")
+        if cache is not None and cache.batch != max_batch:
+            raise ValueError(f"cache must have max_batch={max_batch} rows, got {cache.batch}")
+        self.model, self.max_batch, self.token_budget = model, max_batch, token_budget
+        weight = model.tok_emb.weight
+        self.cache = cache or KVCache(model.cfg, max_batch, dtype=weight.dtype, device=weight.device)
+
+    def _check(self, request: Request) -> None:
+        if len(request.prompt) > self.token_budget:
+            raise ValueError(f"requests: a prompt of {len(request.prompt)} tokens exceeds the token budget "
+                             f"({self.token_budget})")  # fmt: skip
+        if len(request.prompt) + request.max_new_tokens > self.cache.max_tokens:
+            raise ValueError(f"requests: a prompt of {len(request.prompt)} and {request.max_new_tokens} new tokens "
+                             f"exceed the context ({self.cache.max_tokens})")  # fmt: skip
+
+    def _prefill(self, rows: list[int], prompts: list[torch.Tensor]) -> list[int]:
+        """One right-padded prefill of ``prompts`` into the free ``rows``: each one's first new token."""
+        index = torch.tensor(rows, device=self.cache.lengths.device)
+        self.cache.reset(index)
+        valid = torch.tensor([len(p) for p in prompts], device=index.device)
+        padded = torch.stack([F.pad(p, (0, int(valid.max()) - len(p))) for p in prompts]).to(index.device)
+        logits = forward_cached(self.model, padded, self.cache, rows=index, valid=valid)
+        return next_token(logits[torch.arange(len(rows)), valid - 1])[:, 0].tolist()
+
+    def _decode(self, rows: list[int], last: list[int]) -> list[int]:
+        """One decode step of ``rows``, whose last tokens are ``last``: each one's next token."""
+        index = torch.tensor(rows, device=self.cache.lengths.device)
+        tokens = torch.tensor(last, device=index.device)[:, None]
+        return next_token(forward_cached(self.model, tokens, self.cache, rows=index)[:, -1])[:, 0].tolist()
+
+    def _step(self, run: _Schedule, step: int) -> None:
+        """Decode the running requests, admit waiting ones within the budget and prefill them, retire the done."""
+        decoding = sorted(run.running)
+        if decoding:
+            last = [run.tokens[run.running[row]][-1] for row in decoding]
+            run.emit(decoding, self._decode(decoding, last))
+        admitted = run.admit(step, self.max_batch, self.token_budget - len(decoding))
+        if admitted:
+            prompts = [run.requests[run.running[row]].prompt for row in admitted]
+            run.emit(admitted, self._prefill(admitted, prompts))
+            run.started(admitted, step)
+        run.retire(step)
+
+    def run(self, requests: Sequence[Request], max_steps: int = 100_000) -> list[Served]:
+        """Serve ``requests`` (greedy) to completion; the results in the order of ``requests``."""
+        for request in requests:
+            self._check(request)
+        run = _Schedule(list(requests))
+        for step in range(max_steps):
+            if run.finished():
+                return run.results()
+            self._step(run, step)
+        raise RuntimeError(f"max_steps: {max_steps} steps left requests unfinished")
+
+
+class _Schedule:
+    """The bookkeeping of one :meth:`ContinuousBatcher.run`: who waits, which row runs which request, the tokens
+    so far, and the times."""
+
+    def __init__(self, requests: list[Request]) -> None:
+        self.requests = requests
+        self.waiting = deque(sorted(range(len(requests)), key=lambda i: requests[i].arrival))
+        self.running: dict[int, int] = {}  # row -> request
+        self.tokens: dict[int, list[int]] = {i: [] for i in range(len(requests))}
+        self.served: dict[int, Served] = {}
+        self.start = time.perf_counter()
+
+    def finished(self) -> bool:
+        return not self.waiting and not self.running
+
+    def results(self) -> list[Served]:
+        return [self.served[i] for i in range(len(self.requests))]
+
+    def emit(self, rows: list[int], tokens: list[int]) -> None:
+        for row, token in zip(rows, tokens, strict=True):
+            self.tokens[self.running[row]].append(token)
+
+    def admit(self, step: int, max_batch: int, budget: int) -> list[int]:
+        """Move arrived requests, first come first served, into free rows while their prompts fit ``budget``."""
+        free = [row for row in range(max_batch) if row not in self.running]
+        admitted = []
+        while self.waiting and free and self.requests[self.waiting[0]].arrival <= step:
+            cost = len(self.requests[self.waiting[0]].prompt)
+            if cost > budget:
+                break
+            budget -= cost
+            row = free.pop(0)
+            self.running[row] = self.waiting.popleft()
+            admitted.append(row)
+        return admitted
+
+    def started(self, rows: list[int], step: int) -> None:
+        now = time.perf_counter() - self.start
+        for row in rows:
+            self.served[self.running[row]] = Served([], step, -1, now, -1.0)
+
+    def retire(self, step: int) -> None:
+        """Free the rows whose requests have all their tokens."""
+        now = time.perf_counter() - self.start
+        for row in [r for r, i in self.running.items() if len(self.tokens[i]) == self.requests[i].max_new_tokens]:
+            i = self.running.pop(row)
+            self.served[i] = dataclasses.replace(self.served[i], tokens=self.tokens[i], finished_step=step,
+                                                 finished_s=now)  # fmt: skip

@@ -1,0 +1,156 @@
+"""A key/value cache for the book's GPT: the prompt is run once (prefill), then each new token attends to the
+keys and values kept from the positions before it instead of recomputing them (decode).
+
+Each row of the cache is one sequence with a length of its own, so rows can hold prompts of different lengths
+(right-padded in one prefill call) and a scheduler can decode some rows while it fills others. The cache holds
+``2 · layers · kv_heads · head_dim · tokens · batch`` values, the formula of :func:`effdl.lm.kv_cache_bytes`
+(``sec-arch-gqa``), so grouped- and multi-query attention shrink it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from effdl.models import GPT, CausalSelfAttention, GPTConfig
+
+
+class KVCache:
+    """Preallocated keys and values of every layer, ``(layers, batch, kv_heads, max_tokens, head_dim)`` each, and
+    ``lengths``, the positions filled in each row."""
+
+    def __init__(self, cfg: GPTConfig, batch: int, max_tokens: int | None = None, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu") -> None:  # fmt: skip
+        max_tokens = cfg.context if max_tokens is None else max_tokens
+        if batch <= 0:
+            raise ValueError(f"batch must be positive, got {batch}")
+        if not 0 < max_tokens <= cfg.context:
+            raise ValueError(f"max_tokens must be in [1, {cfg.context}] (the model's context), got {max_tokens}")
+        shape = (cfg.n_layer, batch, cfg.kv_heads, max_tokens, cfg.n_embd // cfg.n_head)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
+
+    @property
+    def batch(self) -> int:
+        return self.keys.shape[1]
+
+    @property
+    def max_tokens(self) -> int:
+        return self.keys.shape[3]
+
+    def nbytes(self) -> int:
+        """Bytes of the key and value tensors, filled or not."""
+        return 2 * self.keys.numel() * self.keys.element_size()
+
+    def reset(self, rows: torch.Tensor) -> None:
+        """Empty ``rows`` for new sequences (their old keys and values are overwritten as the new ones arrive)."""
+        self.lengths[rows] = 0
+
+    def store(self, layer: int, rows: torch.Tensor, positions: torch.Tensor, keys: torch.Tensor,
+              values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Write ``layer``'s keys and values ``(len(rows), kv_heads, new, head_dim)`` at ``positions``
+        ``(len(rows), new)`` of ``rows``; return those rows' keys and values up to the last position written."""
+        index = rows[:, None]
+        self.keys[layer][index, :, positions] = keys.transpose(1, 2)
+        self.values[layer][index, :, positions] = values.transpose(1, 2)
+        end = int(positions.max()) + 1
+        return self.keys[layer, rows, :, :end], self.values[layer, rows, :, :end]
+
+
+def _attend(attn: CausalSelfAttention, x: torch.Tensor, cache: KVCache, layer: int, rows: torch.Tensor,
+            positions: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """``attn`` on the new positions ``x``: each query sees its row's cached positions and the new ones up to its
+    own."""
+    b, t, c = x.shape
+    q, k, v = attn.qkv(x).split([c, attn.kv_width, attn.kv_width], dim=-1)
+    q = q.view(b, t, attn.n_head, -1).transpose(1, 2)
+    k, v = (z.view(b, t, attn.n_kv_head, -1).transpose(1, 2) for z in (k, v))
+    keys, values = cache.store(layer, rows, positions, k, v)
+    visible = torch.arange(keys.shape[2], device=x.device) <= positions[:, None, :, None]  # (b, 1, t, keys)
+    grouped = {"enable_gqa": True} if attn.n_kv_head != attn.n_head else {}
+    y = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible, **grouped)
+    return attn.proj(y.transpose(1, 2).reshape(b, t, c))
+
+
+@torch.no_grad()
+def forward_cached(model: GPT, idx: torch.Tensor, cache: KVCache, rows: torch.Tensor | None = None,
+                   valid: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Logits ``(len(rows), time, vocab)`` of the tokens ``idx`` that follow what ``rows`` of the cache hold (all
+    rows by default; a :class:`~effdl.infer.paged.PagedKVCache` works too); their keys and values join the
+    cache. ``valid`` counts each row's real tokens when ``idx`` is right-padded (the padding is written but never
+    attended to, and the next tokens overwrite it). The first call on a row is its prefill, later ones decode."""
+    rows = torch.arange(cache.batch, device=idx.device) if rows is None else rows
+    if model.training:
+        raise ValueError("model must be in eval mode (the cached path has no dropout)")
+    if idx.ndim != 2 or idx.shape[0] != len(rows) or idx.shape[1] == 0:
+        raise ValueError(f"idx must be (rows={len(rows)}, time>=1), got {tuple(idx.shape)}")
+    t = idx.shape[1]
+    valid = torch.full_like(rows, t) if valid is None else valid
+    if bool((valid < 1).any() or (valid > t).any()):
+        raise ValueError(f"valid must count 1 to {t} real tokens per row, got {valid.tolist()}")
+    positions = cache.lengths[rows, None] + torch.arange(t, device=idx.device)
+    if int(positions.max()) >= cache.max_tokens:
+        raise ValueError(f"idx: {t} new tokens after {cache.lengths[rows].tolist()} cached exceed the cache's "
+                         f"{cache.max_tokens} positions")  # fmt: skip
+    x = model.tok_emb(idx) + model.pos_emb(positions)
+    for layer, block in enumerate(model.blocks):
+        x = x + _attend(block.attn, block.ln1(x), cache, layer, rows, positions)
+        x = x + block.mlp(block.ln2(x))
+    cache.lengths[rows] += valid
+    return model.lm_head(model.ln_f(x))
+
+
+def next_token(logits: torch.Tensor, temperature: float = 0.0) -> torch.Tensor:
+    """The next token ``(batch, 1)`` from last-position ``logits``: greedy at temperature 0, else sampled."""
+    if temperature == 0:
+        return logits.argmax(-1, keepdim=True)
+    return torch.multinomial(F.softmax(logits / temperature, -1), 1)
+
+
+def _check_lengths(model: GPT, prompt: int, new_tokens: int, temperature: float) -> None:
+    if new_tokens < 0 or temperature < 0:
+        raise ValueError(f"new_tokens and temperature must be >= 0, got {new_tokens}, {temperature}")
+    if prompt + new_tokens > model.cfg.context:
+        raise ValueError(f"new_tokens: the prompt ({prompt}) and new tokens ({new_tokens}) exceed the context "
+                         f"({model.cfg.context})")  # fmt: skip
+
+
+@torch.no_grad()
+def generate(model: GPT, idx: torch.Tensor, new_tokens: int, temperature: float = 0.0) -> torch.Tensor:
+    """Append ``new_tokens`` tokens with a :class:`KVCache`: one prefill of the prompt, then one position per step
+    (greedy when ``temperature == 0``). The same tokens as :meth:`GPT.generate`, which recomputes the whole
+    sequence every step; the prompt and the new tokens must fit the model's context."""
+    _check_lengths(model, idx.shape[1], new_tokens, temperature)
+    weight = model.tok_emb.weight
+    cache = KVCache(model.cfg, idx.shape[0], idx.shape[1] + new_tokens, dtype=weight.dtype, device=weight.device)
+    out = [idx]
+    logits = forward_cached(model, idx, cache)[:, -1]
+    for step in range(new_tokens):
+        out.append(next_token(logits, temperature))
+        if step + 1 < new_tokens:
+            logits = forward_cached(model, out[-1], cache)[:, -1]
+    return torch.cat(out, dim=1)
+
+
+@torch.no_grad()
+def generate_batch(model: GPT, prompts: list[torch.Tensor], new_tokens: int) -> list[torch.Tensor]:
+    """Greedy continuations of prompts of different lengths (1-D token tensors) in one batch: right-padded into
+    one prefill, each row's logits read at its own last token, then decoded together; each row equals
+    :func:`generate` on its prompt alone."""
+    if not prompts or any(p.ndim != 1 or len(p) == 0 for p in prompts):
+        raise ValueError("prompts must be one or more non-empty 1-D token tensors")
+    longest = max(len(p) for p in prompts)
+    _check_lengths(model, longest, new_tokens, 0.0)
+    weight = model.tok_emb.weight
+    cache = KVCache(model.cfg, len(prompts), longest + new_tokens, dtype=weight.dtype, device=weight.device)
+    valid = torch.tensor([len(p) for p in prompts], device=weight.device)
+    padded = torch.stack([F.pad(p, (0, longest - len(p))) for p in prompts])
+    logits = forward_cached(model, padded, cache, valid=valid)[torch.arange(len(prompts)), valid - 1]
+    new = []
+    for step in range(new_tokens):
+        new.append(next_token(logits))
+        if step + 1 < new_tokens:
+            logits = forward_cached(model, new[-1], cache)[:, -1]
+    tails = torch.cat(new, dim=1) if new else padded[:, :0]
+    return [torch.cat([p, tail]) for p, tail in zip(prompts, tails, strict=True)]

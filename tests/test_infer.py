@@ -1,0 +1,226 @@
+"""The KV cache: the same logits and greedy tokens as recomputing the sequence, its bytes by formula, and
+clear errors when the tokens do not fit."""
+
+import pytest
+import torch
+
+from effdl import lm
+from effdl.infer import KVCache, forward_cached, generate, generate_batch
+from effdl.infer.batching import ContinuousBatcher, Request, static_batching
+from effdl.infer.paged import PagedKVCache
+from effdl.infer.speculative import speculative_generate
+from effdl.models import GPT, GPTConfig
+
+
+def _gpt(**overrides) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=40, context=32, n_layer=2, n_head=4, n_embd=32, **overrides)).eval()
+
+
+@pytest.mark.parametrize("kv_heads", [None, 2, 1])
+def test_prefill_and_decode_give_the_logits_of_the_whole_sequence(kv_heads):
+    model = _gpt(n_kv_head=kv_heads)
+    idx = torch.randint(0, 40, (3, 20))
+    cache = KVCache(model.cfg, batch=3, max_tokens=20)
+    parts = [forward_cached(model, idx[:, :12], cache), forward_cached(model, idx[:, 12:17], cache)]
+    parts += [forward_cached(model, idx[:, i : i + 1], cache) for i in range(17, 20)]
+    assert cache.lengths.tolist() == [20, 20, 20]
+    torch.testing.assert_close(torch.cat(parts, dim=1), model(idx), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kv_heads", [None, 1])
+def test_cached_greedy_generation_matches_recomputing_every_step(kv_heads):
+    model = _gpt(n_kv_head=kv_heads)
+    prompt = torch.randint(0, 40, (2, 5))
+    assert torch.equal(generate(model, prompt, 27), model.generate(prompt, 27))
+    assert torch.equal(generate(model, prompt, 0), prompt)
+
+
+@pytest.mark.parametrize("kv_heads", [None, 2])
+def test_prompts_of_different_lengths_batched_equal_each_alone(kv_heads):
+    model = _gpt(n_kv_head=kv_heads)
+    prompts = [torch.randint(0, 40, (n,)) for n in (3, 9, 1, 6)]
+    batched = generate_batch(model, prompts, 12)
+    for prompt, out in zip(prompts, batched, strict=True):
+        assert torch.equal(out, generate(model, prompt[None], 12)[0])
+    with pytest.raises(ValueError, match="prompts"):
+        generate_batch(model, [torch.zeros(0, dtype=torch.long)], 3)
+
+
+def test_rows_of_one_cache_advance_on_their_own():
+    model = _gpt()
+    a, b = torch.randint(0, 40, (1, 7)), torch.randint(0, 40, (1, 4))
+    cache = KVCache(model.cfg, batch=2, max_tokens=16)
+    forward_cached(model, a, cache, rows=torch.tensor([0]))
+    forward_cached(model, b, cache, rows=torch.tensor([1]))
+    assert cache.lengths.tolist() == [7, 4]
+    nxt = torch.tensor([[5], [6]])
+    both = forward_cached(model, nxt, cache)[:, -1]
+    torch.testing.assert_close(both[0], model(torch.cat([a, nxt[:1]], 1))[0, -1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both[1], model(torch.cat([b, nxt[1:]], 1))[0, -1], atol=1e-5, rtol=1e-5)
+    cache.reset(torch.tensor([0]))
+    again = forward_cached(model, b, cache, rows=torch.tensor([0]))
+    torch.testing.assert_close(again, model(b), atol=1e-5, rtol=1e-5)
+
+
+def test_sampling_with_the_same_seed_matches_too():
+    model = _gpt()
+    prompt = torch.randint(0, 40, (2, 4))
+    torch.manual_seed(1)
+    cached = generate(model, prompt, 10, temperature=1.0)
+    torch.manual_seed(1)
+    assert torch.equal(cached, model.generate(prompt, 10, temperature=1.0))
+
+
+@pytest.mark.parametrize("kv_heads", [None, 2, 1])
+def test_cache_bytes_follow_the_formula(kv_heads):
+    cfg = _gpt(n_kv_head=kv_heads).cfg
+    cache = KVCache(cfg, batch=3, max_tokens=24)
+    assert cache.nbytes() == lm.kv_cache_bytes(cfg, 24, batch=3, bytes_per_value=4)
+    half = KVCache(cfg, batch=3, max_tokens=24, dtype=torch.bfloat16)
+    assert half.nbytes() == lm.kv_cache_bytes(cfg, 24, batch=3, bytes_per_value=2)
+
+
+def test_what_does_not_fit_is_refused_with_the_argument_named():
+    model = _gpt()
+    with pytest.raises(ValueError, match="max_tokens"):
+        KVCache(model.cfg, batch=1, max_tokens=33)
+    with pytest.raises(ValueError, match="batch"):
+        KVCache(model.cfg, batch=0)
+    cache = KVCache(model.cfg, batch=1, max_tokens=8)
+    forward_cached(model, torch.zeros(1, 6, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match="idx"):
+        forward_cached(model, torch.zeros(1, 3, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match="idx"):
+        forward_cached(model, torch.zeros(2, 1, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match="new_tokens"):
+        generate(model, torch.zeros(1, 30, dtype=torch.long), 3)
+    with pytest.raises(ValueError, match="valid"):
+        forward_cached(model, torch.zeros(1, 2, dtype=torch.long), KVCache(model.cfg, 1), valid=torch.tensor([3]))
+    with pytest.raises(ValueError, match="eval mode"):
+        forward_cached(model.train(), torch.zeros(1, 1, dtype=torch.long), cache)
+
+
+# --- batching ----------------------------------------------------------------------------------------------
+
+
+def _requests(lengths, new, arrivals=None):
+    torch.manual_seed(2)
+    arrivals = arrivals or [0] * len(lengths)
+    return [Request(torch.randint(0, 40, (n,)), m, a) for n, m, a in zip(lengths, new, arrivals, strict=True)]
+
+
+def test_static_and_continuous_batching_give_each_request_its_greedy_continuation():
+    model = _gpt(n_kv_head=2)
+    requests = _requests([3, 8, 2, 5, 7], [6, 2, 9, 4, 3], arrivals=[0, 0, 1, 4, 4])
+    expected = [generate(model, r.prompt[None], r.max_new_tokens)[0, len(r.prompt) :].tolist() for r in requests]
+    assert [s.tokens for s in static_batching(model, requests, 2)] == expected
+    assert [s.tokens for s in ContinuousBatcher(model, max_batch=2, token_budget=12).run(requests)] == expected
+
+
+def test_continuous_batching_lets_requests_join_as_soon_as_a_row_frees():
+    model = _gpt()
+    requests = _requests([4, 4, 4], [2, 8, 3])
+    served = ContinuousBatcher(model, max_batch=2, token_budget=16).run(requests)
+    assert [s.admitted_step for s in served] == [0, 0, 2]  # the first request leaves after step 1
+    assert [s.finished_step for s in served] == [1, 7, 4]
+    static = static_batching(model, requests, 2)
+    assert static[2].admitted_step == 8  # waits for the longest of the first group
+
+
+def test_the_token_budget_limits_how_many_prompts_join_a_step():
+    model = _gpt()
+    requests = _requests([6, 6, 6], [3, 3, 3])
+    served = ContinuousBatcher(model, max_batch=3, token_budget=12).run(requests)
+    assert [s.admitted_step for s in served] == [0, 0, 1]  # 6 + 6 fit step 0; step 1 spends 2 decodes + 6
+
+
+def test_batching_refuses_what_cannot_be_served():
+    model = _gpt()
+    with pytest.raises(ValueError, match="token_budget"):
+        ContinuousBatcher(model, max_batch=4, token_budget=2)
+    with pytest.raises(ValueError, match="requests"):
+        ContinuousBatcher(model, max_batch=2, token_budget=8).run(_requests([9], [2]))
+    with pytest.raises(ValueError, match="requests"):
+        ContinuousBatcher(model, max_batch=2, token_budget=32).run(_requests([30], [5]))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        Request(torch.tensor([1, 2]), 0)
+    with pytest.raises(ValueError, match="batch_size"):
+        static_batching(model, _requests([2], [2]), 0)
+
+
+# --- speculative decoding ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gamma", [1, 3, 5])
+def test_speculative_decoding_emits_exactly_the_targets_greedy_tokens(gamma):
+    target = _gpt(n_kv_head=2)
+    torch.manual_seed(5)
+    draft = GPT(GPTConfig(vocab_size=40, context=32, n_layer=1, n_head=2, n_embd=16)).eval()
+    prompt = torch.randint(0, 40, (1, 4))
+    result = speculative_generate(target, draft, prompt, 20, gamma)
+    assert torch.equal(result.tokens, generate(target, prompt, 20)[0, 4:])
+    assert 0 <= result.accepted <= result.proposed and result.target_passes <= 20
+
+
+def test_a_draft_equal_to_the_target_is_always_accepted():
+    target = _gpt()
+    prompt = torch.randint(0, 40, (1, 1))
+    result = speculative_generate(target, target, prompt, 20, 4)
+    assert torch.equal(result.tokens, generate(target, prompt, 20)[0, 1:])
+    assert result.acceptance == 1.0 and result.target_passes == 4  # 5 tokens per pass: 4 accepted + 1
+
+
+def test_speculative_decoding_refuses_mismatched_models_and_sizes():
+    target = _gpt()
+    other = GPT(GPTConfig(vocab_size=41, context=32, n_layer=1, n_head=2, n_embd=16)).eval()
+    prompt = torch.randint(0, 40, (1, 4))
+    with pytest.raises(ValueError, match="vocabulary"):
+        speculative_generate(target, other, prompt, 5, 2)
+    with pytest.raises(ValueError, match="new_tokens"):
+        speculative_generate(target, target, prompt, 26, 4)
+    with pytest.raises(ValueError, match="gamma"):
+        speculative_generate(target, target, prompt, 5, 0)
+    with pytest.raises(ValueError, match="idx"):
+        speculative_generate(target, target, prompt.repeat(2, 1), 5, 2)
+
+
+# --- the paged cache ---------------------------------------------------------------------------------------
+
+
+def test_the_paged_cache_gives_the_contiguous_caches_logits():
+    model = _gpt(n_kv_head=2)
+    paged = PagedKVCache(model.cfg, batch=2, blocks=8, block_size=4)
+    plain = KVCache(model.cfg, batch=2)
+    a, b = torch.randint(0, 40, (1, 7)), torch.randint(0, 40, (1, 2))
+    for cache in (paged, plain):
+        forward_cached(model, a, cache, rows=torch.tensor([0]))
+        forward_cached(model, b, cache, rows=torch.tensor([1]))
+    nxt = torch.randint(0, 40, (2, 3))
+    torch.testing.assert_close(forward_cached(model, nxt, paged), forward_cached(model, nxt, plain), atol=1e-5,
+                               rtol=1e-5)  # fmt: skip
+    assert [len(t) for t in paged.tables] == [3, 2]  # 10 and 5 positions in blocks of 4
+    assert paged.used_bytes() == 5 * paged.block_bytes()
+
+
+def test_paged_blocks_return_to_the_free_list_and_running_out_is_an_error():
+    model = _gpt()
+    paged = PagedKVCache(model.cfg, batch=2, blocks=3, block_size=4)
+    forward_cached(model, torch.randint(0, 40, (1, 9)), paged, rows=torch.tensor([0]))
+    assert len(paged.free) == 0
+    with pytest.raises(RuntimeError, match="blocks"):
+        forward_cached(model, torch.randint(0, 40, (1, 2)), paged, rows=torch.tensor([1]))
+    paged.reset(torch.tensor([0]))
+    assert sorted(paged.free) == [0, 1, 2] and paged.used_bytes() == 0
+    assert 2 * paged.block_bytes() == lm.kv_cache_bytes(model.cfg, 8, bytes_per_value=4)  # 2 blocks of 4 tokens
+
+
+def test_continuous_batching_runs_on_the_paged_cache():
+    model = _gpt()
+    requests = _requests([3, 8, 2, 5], [6, 2, 9, 4])
+    paged = PagedKVCache(model.cfg, batch=2, blocks=8, block_size=4)
+    served = ContinuousBatcher(model, max_batch=2, token_budget=12, cache=paged).run(requests)
+    expected = [generate(model, r.prompt[None], r.max_new_tokens)[0, len(r.prompt) :].tolist() for r in requests]
+    assert [s.tokens for s in served] == expected
+    with pytest.raises(ValueError, match="cache"):
+        ContinuousBatcher(model, max_batch=3, token_budget=12, cache=paged)
