@@ -1,5 +1,6 @@
-"""The KV cache: the same logits and greedy tokens as recomputing the sequence, its bytes by formula, and
-clear errors when the tokens do not fit."""
+"""effdl.infer: the KV cache (contiguous or paged) gives the logits and greedy tokens of recomputing the
+sequence and its bytes follow the formula; batching serves every request its own continuation; speculative
+decoding emits the target's greedy tokens, or samples from the target's distribution; bad sizes are refused."""
 
 import pytest
 import torch
@@ -13,8 +14,14 @@ from effdl.models import GPT, GPTConfig
 
 
 def _gpt(**overrides) -> GPT:
+    """A small GPT with noisy weights: an untrained one repeats its last token whatever it attends to, which would
+    let a wrong attention mask pass these tests."""
     torch.manual_seed(0)
-    return GPT(GPTConfig(vocab_size=40, context=32, n_layer=2, n_head=4, n_embd=32, **overrides)).eval()
+    model = GPT(GPTConfig(vocab_size=40, context=32, n_layer=2, n_head=4, n_embd=32, **overrides)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    return model
 
 
 @pytest.mark.parametrize("kv_heads", [None, 2, 1])
@@ -25,14 +32,16 @@ def test_prefill_and_decode_give_the_logits_of_the_whole_sequence(kv_heads):
     parts = [forward_cached(model, idx[:, :12], cache), forward_cached(model, idx[:, 12:17], cache)]
     parts += [forward_cached(model, idx[:, i : i + 1], cache) for i in range(17, 20)]
     assert cache.lengths.tolist() == [20, 20, 20]
-    torch.testing.assert_close(torch.cat(parts, dim=1), model(idx), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat(parts, dim=1), model(idx), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kv_heads", [None, 1])
 def test_cached_greedy_generation_matches_recomputing_every_step(kv_heads):
     model = _gpt(n_kv_head=kv_heads)
     prompt = torch.randint(0, 40, (2, 5))
-    assert torch.equal(generate(model, prompt, 27), model.generate(prompt, 27))
+    out = generate(model, prompt, 27)
+    assert torch.equal(out, model.generate(prompt, 27))
+    assert out[:, 5:].unique().numel() >= 3  # not one repeated token: the output depends on the attention
     assert torch.equal(generate(model, prompt, 0), prompt)
 
 
@@ -56,11 +65,11 @@ def test_rows_of_one_cache_advance_on_their_own():
     assert cache.lengths.tolist() == [7, 4]
     nxt = torch.tensor([[5], [6]])
     both = forward_cached(model, nxt, cache)[:, -1]
-    torch.testing.assert_close(both[0], model(torch.cat([a, nxt[:1]], 1))[0, -1], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(both[1], model(torch.cat([b, nxt[1:]], 1))[0, -1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both[0], model(torch.cat([a, nxt[:1]], 1))[0, -1], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(both[1], model(torch.cat([b, nxt[1:]], 1))[0, -1], atol=1e-4, rtol=1e-4)
     cache.reset(torch.tensor([0]))
     again = forward_cached(model, b, cache, rows=torch.tensor([0]))
-    torch.testing.assert_close(again, model(b), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again, model(b), atol=1e-4, rtol=1e-4)
 
 
 def test_sampling_with_the_same_seed_matches_too():
@@ -97,6 +106,10 @@ def test_what_does_not_fit_is_refused_with_the_argument_named():
         generate(model, torch.zeros(1, 30, dtype=torch.long), 3)
     with pytest.raises(ValueError, match="valid"):
         forward_cached(model, torch.zeros(1, 2, dtype=torch.long), KVCache(model.cfg, 1), valid=torch.tensor([3]))
+    with pytest.raises(ValueError, match="valid"):
+        forward_cached(model, torch.zeros(2, 2, dtype=torch.long), KVCache(model.cfg, 2), valid=torch.tensor([2]))
+    with pytest.raises(ValueError, match="rows"):
+        forward_cached(model, torch.zeros(2, 1, dtype=torch.long), KVCache(model.cfg, 2), rows=torch.tensor([0, 0]))
     with pytest.raises(ValueError, match="eval mode"):
         forward_cached(model.train(), torch.zeros(1, 1, dtype=torch.long), cache)
 
@@ -112,10 +125,11 @@ def _requests(lengths, new, arrivals=None):
 
 def test_static_and_continuous_batching_give_each_request_its_greedy_continuation():
     model = _gpt(n_kv_head=2)
-    requests = _requests([3, 8, 2, 5, 7], [6, 2, 9, 4, 3], arrivals=[0, 0, 1, 4, 4])
+    requests = _requests([3, 8, 2, 5, 7], [6, 2, 9, 4, 3], arrivals=[0, 0, 1, 4, 30])
     expected = [generate(model, r.prompt[None], r.max_new_tokens)[0, len(r.prompt) :].tolist() for r in requests]
-    assert [s.tokens for s in static_batching(model, requests, 2)] == expected
-    assert [s.tokens for s in ContinuousBatcher(model, max_batch=2, token_budget=12).run(requests)] == expected
+    for served in (static_batching(model, requests, 2), ContinuousBatcher(model, 2, token_budget=12).run(requests)):
+        assert [s.tokens for s in served] == expected
+        assert all(s.admitted_step >= r.arrival for s, r in zip(served, requests, strict=True))
 
 
 def test_continuous_batching_lets_requests_join_as_soon_as_a_row_frees():
@@ -143,6 +157,11 @@ def test_batching_refuses_what_cannot_be_served():
         ContinuousBatcher(model, max_batch=2, token_budget=8).run(_requests([9], [2]))
     with pytest.raises(ValueError, match="requests"):
         ContinuousBatcher(model, max_batch=2, token_budget=32).run(_requests([30], [5]))
+    with pytest.raises(ValueError, match="max_steps"):
+        ContinuousBatcher(model, max_batch=2, token_budget=8).run(_requests([3], [2], arrivals=[10**9]), max_steps=100)
+    paged = PagedKVCache(model.cfg, batch=2, blocks=2, block_size=4)
+    with pytest.raises(ValueError, match="blocks"):
+        ContinuousBatcher(model, max_batch=2, token_budget=16, cache=paged).run(_requests([6], [4]))
     with pytest.raises(ValueError, match="max_new_tokens"):
         Request(torch.tensor([1, 2]), 0)
     with pytest.raises(ValueError, match="batch_size"):
@@ -160,7 +179,7 @@ def test_speculative_decoding_emits_exactly_the_targets_greedy_tokens(gamma):
     prompt = torch.randint(0, 40, (1, 4))
     result = speculative_generate(target, draft, prompt, 20, gamma)
     assert torch.equal(result.tokens, generate(target, prompt, 20)[0, 4:])
-    assert 0 <= result.accepted <= result.proposed and result.target_passes <= 20
+    assert result.accepted < result.proposed and result.target_passes <= 20  # rejections happened
 
 
 def test_a_draft_equal_to_the_target_is_always_accepted():
@@ -169,6 +188,8 @@ def test_a_draft_equal_to_the_target_is_always_accepted():
     result = speculative_generate(target, target, prompt, 20, 4)
     assert torch.equal(result.tokens, generate(target, prompt, 20)[0, 1:])
     assert result.acceptance == 1.0 and result.target_passes == 4  # 5 tokens per pass: 4 accepted + 1
+    sampled = speculative_generate(target, target, prompt, 20, 4, temperature=1.0)
+    assert sampled.acceptance == 1.0  # p(x) / q(x) = 1 for every proposal
 
 
 def test_speculative_decoding_refuses_mismatched_models_and_sizes():
@@ -178,7 +199,7 @@ def test_speculative_decoding_refuses_mismatched_models_and_sizes():
     with pytest.raises(ValueError, match="vocabulary"):
         speculative_generate(target, other, prompt, 5, 2)
     with pytest.raises(ValueError, match="new_tokens"):
-        speculative_generate(target, target, prompt, 26, 4)
+        speculative_generate(target, target, prompt, 29, 4)
     with pytest.raises(ValueError, match="gamma"):
         speculative_generate(target, target, prompt, 5, 0)
     with pytest.raises(ValueError, match="idx"):
@@ -201,6 +222,9 @@ def test_the_paged_cache_gives_the_contiguous_caches_logits():
                                rtol=1e-5)  # fmt: skip
     assert [len(t) for t in paged.tables] == [3, 2]  # 10 and 5 positions in blocks of 4
     assert paged.used_bytes() == 5 * paged.block_bytes()
+    padded = PagedKVCache(model.cfg, batch=2, blocks=8, block_size=4)
+    forward_cached(model, torch.randint(0, 40, (2, 12)), padded, valid=torch.tensor([1, 12]))
+    assert [len(t) for t in padded.tables] == [1, 3]  # right-padding takes no blocks
 
 
 def test_paged_blocks_return_to_the_free_list_and_running_out_is_an_error():
@@ -222,5 +246,42 @@ def test_continuous_batching_runs_on_the_paged_cache():
     served = ContinuousBatcher(model, max_batch=2, token_budget=12, cache=paged).run(requests)
     expected = [generate(model, r.prompt[None], r.max_new_tokens)[0, len(r.prompt) :].tolist() for r in requests]
     assert [s.tokens for s in served] == expected
+    assert paged.used_bytes() == 0 and sorted(paged.free) == list(range(8))
+    tight = PagedKVCache(model.cfg, batch=2, blocks=4, block_size=4)  # 2 + 3 blocks if a finished row kept its own
+    ContinuousBatcher(model, max_batch=2, token_budget=12, cache=tight).run(_requests([8, 4], [1, 9]))
+    assert tight.used_bytes() == 0
     with pytest.raises(ValueError, match="cache"):
         ContinuousBatcher(model, max_batch=3, token_budget=12, cache=paged)
+
+
+def _peaked(seed: int, layers: int) -> GPT:
+    """A tiny random GPT with large weights, so that its next-token distributions are far from uniform."""
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=4, context=8, n_layer=layers, n_head=2, n_embd=8)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(20 if p.dim() > 1 else 1)
+    return model
+
+
+@torch.no_grad()
+def _two_token_distribution(model: GPT, prompt: torch.Tensor) -> torch.Tensor:
+    """The exact probability of each pair of next two tokens, ``p(a) p(b | a)``, flattened."""
+    first = model(prompt)[0, -1].softmax(-1)
+    return torch.stack([first[a] * model(torch.cat([prompt, torch.tensor([[a]])], 1))[0, -1].softmax(-1)
+                        for a in range(4)]).flatten()  # fmt: skip
+
+
+def test_speculative_sampling_draws_from_the_targets_distribution_not_the_drafts():
+    from scipy.stats import chisquare
+
+    target, draft, prompt, runs = _peaked(0, 2), _peaked(1, 1), torch.tensor([[1, 2]]), 2000
+    torch.manual_seed(4)
+    counts = torch.zeros(16)
+    for _ in range(runs):
+        pair = speculative_generate(target, draft, prompt, 2, 2, temperature=1.0).tokens
+        counts[pair[0] * 4 + pair[1]] += 1
+    wanted, drafted = _two_token_distribution(target, prompt), _two_token_distribution(draft, prompt)
+    assert 0.5 * (wanted - drafted).abs().sum() > 0.25  # the draft alone would sample something else
+    assert chisquare(counts.numpy(), (runs * wanted).numpy(), sum_check=False).pvalue > 1e-3
+    assert chisquare(counts.numpy(), (runs * drafted).numpy(), sum_check=False).pvalue < 1e-6

@@ -3,7 +3,7 @@
 - :mod:`~effdl.infer.kv_cache`: a key/value cache for the book's GPT, prefill then decode, one length per row
 - :mod:`~effdl.infer.paged`: a paged cache (blocks, block tables, a free list)
 - :mod:`~effdl.infer.batching`: static and continuous batching of generation requests
-- :mod:`~effdl.infer.speculative`: speculative decoding with a draft model, greedy
+- :mod:`~effdl.infer.speculative`: speculative decoding with a draft model, greedy or sampled
 """
 
 from effdl.infer import batching, kv_cache, paged, speculative

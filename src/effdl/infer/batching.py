@@ -10,6 +10,7 @@ length, a decode step one token). Both run the book's GPT through :mod:`effdl.in
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from effdl.infer.paged import PagedKVCache
 from effdl.models import GPT
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Request:
     """A prompt (1-D token ids), how many tokens to generate, and the scheduler step it arrives at."""
 
@@ -51,13 +52,15 @@ class Served:
 
 
 def static_batching(model: GPT, requests: Sequence[Request], batch_size: int) -> list[Served]:
-    """Requests in groups of ``batch_size`` (in order), each group generated to its longest ``max_new_tokens``
-    with one prefill and then one decode step per token, its other rows cut to their own length afterwards."""
+    """Requests in groups of ``batch_size`` (in order), each group started once its last request has arrived and
+    generated to its longest ``max_new_tokens`` with one prefill and then one decode step per token, its other rows
+    cut to their own length afterwards."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     start, served, step = time.perf_counter(), [], 0
     for first in range(0, len(requests), batch_size):
         group = requests[first : first + batch_size]
+        step = max(step, *(r.arrival for r in group))
         longest = max(r.max_new_tokens for r in group)
         outputs = generate_batch(model, [r.prompt for r in group], longest)
         done = time.perf_counter() - start
@@ -84,13 +87,18 @@ class ContinuousBatcher:
         weight = model.tok_emb.weight
         self.cache = cache or KVCache(model.cfg, max_batch, dtype=weight.dtype, device=weight.device)
 
-    def _check(self, request: Request) -> None:
+    def _check(self, request: Request, max_steps: int) -> None:
+        if request.arrival >= max_steps:
+            raise ValueError(f"requests: an arrival at step {request.arrival} is beyond max_steps ({max_steps})")
         if len(request.prompt) > self.token_budget:
             raise ValueError(f"requests: a prompt of {len(request.prompt)} tokens exceeds the token budget "
                              f"({self.token_budget})")  # fmt: skip
-        if len(request.prompt) + request.max_new_tokens > self.cache.max_tokens:
+        total = len(request.prompt) + request.max_new_tokens
+        if total > self.cache.max_tokens:
             raise ValueError(f"requests: a prompt of {len(request.prompt)} and {request.max_new_tokens} new tokens "
                              f"exceed the context ({self.cache.max_tokens})")  # fmt: skip
+        if isinstance(self.cache, PagedKVCache) and math.ceil(total / self.cache.block_size) > self.cache.blocks:
+            raise ValueError(f"requests: {total} tokens need more blocks than the cache's {self.cache.blocks}")
 
     def _prefill(self, rows: list[int], prompts: list[torch.Tensor]) -> list[int]:
         """One right-padded prefill of ``prompts`` into the free ``rows``: each one's first new token."""
@@ -118,18 +126,25 @@ class ContinuousBatcher:
             prompts = [run.requests[run.running[row]].prompt for row in admitted]
             run.emit(admitted, self._prefill(admitted, prompts))
             run.started(admitted, step)
-        run.retire(step)
+        done = run.retire(step)
+        if done:
+            self.cache.reset(torch.tensor(done, device=self.cache.lengths.device))
 
     def run(self, requests: Sequence[Request], max_steps: int = 100_000) -> list[Served]:
-        """Serve ``requests`` (greedy) to completion; the results in the order of ``requests``."""
+        """Serve ``requests`` (greedy) to completion; the results in the order of ``requests``. A step with nothing
+        to run jumps to the next arrival."""
         for request in requests:
-            self._check(request)
+            self._check(request, max_steps)
         run = _Schedule(list(requests))
-        for step in range(max_steps):
-            if run.finished():
-                return run.results()
+        step = 0
+        while not run.finished():
+            if step >= max_steps:
+                raise RuntimeError(f"max_steps: {max_steps} steps left requests unfinished")
+            if not run.running:
+                step = max(step, run.requests[run.waiting[0]].arrival)
             self._step(run, step)
-        raise RuntimeError(f"max_steps: {max_steps} steps left requests unfinished")
+            step += 1
+        return run.results()
 
 
 class _Schedule:
@@ -173,10 +188,12 @@ class _Schedule:
         for row in rows:
             self.served[self.running[row]] = Served([], step, -1, now, -1.0)
 
-    def retire(self, step: int) -> None:
-        """Free the rows whose requests have all their tokens."""
+    def retire(self, step: int) -> list[int]:
+        """Free the rows whose requests have all their tokens; return those rows."""
         now = time.perf_counter() - self.start
-        for row in [r for r, i in self.running.items() if len(self.tokens[i]) == self.requests[i].max_new_tokens]:
+        done = [r for r, i in self.running.items() if len(self.tokens[i]) == self.requests[i].max_new_tokens]
+        for row in done:
             i = self.running.pop(row)
             self.served[i] = dataclasses.replace(self.served[i], tokens=self.tokens[i], finished_step=step,
                                                  finished_s=now)  # fmt: skip
+        return done

@@ -30,6 +30,7 @@ class KVCache:
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
+        self.end = 0  # positions the current forward pass reads (set by prepare)
 
     @property
     def batch(self) -> int:
@@ -47,26 +48,31 @@ class KVCache:
         """Empty ``rows`` for new sequences (their old keys and values are overwritten as the new ones arrive)."""
         self.lengths[rows] = 0
 
-    def store(self, layer: int, rows: torch.Tensor, positions: torch.Tensor, keys: torch.Tensor,
-              values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def prepare(self, rows: torch.Tensor, ends: torch.Tensor) -> None:
+        """Before a forward pass: ``rows`` will hold ``ends`` positions each (the longest sets how far
+        :meth:`store` returns keys)."""
+        self.end = int(ends.max())
+
+    def store(self, layer: int, rows: torch.Tensor, positions: torch.Tensor, written: torch.Tensor,
+              keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Write ``layer``'s keys and values ``(len(rows), kv_heads, new, head_dim)`` at ``positions``
-        ``(len(rows), new)`` of ``rows``; return those rows' keys and values up to the last position written."""
-        index = rows[:, None]
-        self.keys[layer][index, :, positions] = keys.transpose(1, 2)
-        self.values[layer][index, :, positions] = values.transpose(1, 2)
-        end = int(positions.max()) + 1
-        return self.keys[layer, rows, :, :end], self.values[layer, rows, :, :end]
+        ``(len(rows), new)`` of ``rows`` where ``written`` (the real tokens, not the padding); return those rows'
+        keys and values up to the end :meth:`prepare` was given."""
+        at = rows[:, None].expand_as(positions)[written], positions[written]
+        self.keys[layer][at[0], :, at[1]] = keys.transpose(1, 2)[written]
+        self.values[layer][at[0], :, at[1]] = values.transpose(1, 2)[written]
+        return self.keys[layer, rows, :, : self.end], self.values[layer, rows, :, : self.end]
 
 
 def _attend(attn: CausalSelfAttention, x: torch.Tensor, cache: KVCache, layer: int, rows: torch.Tensor,
-            positions: torch.Tensor) -> torch.Tensor:  # fmt: skip
+            positions: torch.Tensor, written: torch.Tensor) -> torch.Tensor:  # fmt: skip
     """``attn`` on the new positions ``x``: each query sees its row's cached positions and the new ones up to its
     own."""
     b, t, c = x.shape
     q, k, v = attn.qkv(x).split([c, attn.kv_width, attn.kv_width], dim=-1)
     q = q.view(b, t, attn.n_head, -1).transpose(1, 2)
     k, v = (z.view(b, t, attn.n_kv_head, -1).transpose(1, 2) for z in (k, v))
-    keys, values = cache.store(layer, rows, positions, k, v)
+    keys, values = cache.store(layer, rows, positions, written, k, v)
     visible = torch.arange(keys.shape[2], device=x.device) <= positions[:, None, :, None]  # (b, 1, t, keys)
     grouped = {"enable_gqa": True} if attn.n_kv_head != attn.n_head else {}
     y = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible, **grouped)
@@ -78,27 +84,38 @@ def forward_cached(model: GPT, idx: torch.Tensor, cache: KVCache, rows: torch.Te
                    valid: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """Logits ``(len(rows), time, vocab)`` of the tokens ``idx`` that follow what ``rows`` of the cache hold (all
     rows by default; a :class:`~effdl.infer.paged.PagedKVCache` works too); their keys and values join the
-    cache. ``valid`` counts each row's real tokens when ``idx`` is right-padded (the padding is written but never
-    attended to, and the next tokens overwrite it). The first call on a row is its prefill, later ones decode."""
+    cache. ``valid`` counts each row's real tokens when ``idx`` is right-padded: the padding is neither stored
+    nor attended to, and its logits mean nothing. The first call on a row is its prefill, later ones decode."""
     rows = torch.arange(cache.batch, device=idx.device) if rows is None else rows
+    t = idx.shape[1] if idx.ndim == 2 else 0
+    valid = torch.full_like(rows, t) if valid is None else valid
+    _check_call(model, idx, cache, rows, valid)
+    ends = cache.lengths[rows] + valid
+    if int(ends.max()) > cache.max_tokens:
+        raise ValueError(f"idx: {valid.tolist()} new tokens after {cache.lengths[rows].tolist()} cached exceed the "
+                         f"cache's {cache.max_tokens} positions")  # fmt: skip
+    cache.prepare(rows, ends)
+    offsets = torch.arange(t, device=idx.device)
+    written = offsets < valid[:, None]
+    positions = torch.where(written, cache.lengths[rows, None] + offsets, 0)  # padding: any valid position
+    x = model.tok_emb(idx) + model.pos_emb(positions)
+    for layer, block in enumerate(model.blocks):
+        x = x + _attend(block.attn, block.ln1(x), cache, layer, rows, positions, written)
+        x = x + block.mlp(block.ln2(x))
+    cache.lengths[rows] = ends
+    return model.lm_head(model.ln_f(x))
+
+
+def _check_call(model: GPT, idx: torch.Tensor, cache: KVCache, rows: torch.Tensor, valid: torch.Tensor) -> None:
     if model.training:
         raise ValueError("model must be in eval mode (the cached path has no dropout)")
     if idx.ndim != 2 or idx.shape[0] != len(rows) or idx.shape[1] == 0:
         raise ValueError(f"idx must be (rows={len(rows)}, time>=1), got {tuple(idx.shape)}")
-    t = idx.shape[1]
-    valid = torch.full_like(rows, t) if valid is None else valid
-    if bool((valid < 1).any() or (valid > t).any()):
-        raise ValueError(f"valid must count 1 to {t} real tokens per row, got {valid.tolist()}")
-    positions = cache.lengths[rows, None] + torch.arange(t, device=idx.device)
-    if int(positions.max()) >= cache.max_tokens:
-        raise ValueError(f"idx: {t} new tokens after {cache.lengths[rows].tolist()} cached exceed the cache's "
-                         f"{cache.max_tokens} positions")  # fmt: skip
-    x = model.tok_emb(idx) + model.pos_emb(positions)
-    for layer, block in enumerate(model.blocks):
-        x = x + _attend(block.attn, block.ln1(x), cache, layer, rows, positions)
-        x = x + block.mlp(block.ln2(x))
-    cache.lengths[rows] += valid
-    return model.lm_head(model.ln_f(x))
+    if rows.ndim != 1 or rows.unique().numel() != len(rows) or bool((rows < 0).any() or (rows >= cache.batch).any()):
+        raise ValueError(f"rows must be distinct row numbers below {cache.batch}, got {rows.tolist()}")
+    if valid.shape != rows.shape or bool((valid < 1).any() or (valid > idx.shape[1]).any()):
+        raise ValueError(f"valid must count 1 to {idx.shape[1]} real tokens for each of the {len(rows)} rows, "
+                         f"got {valid.tolist()}")  # fmt: skip
 
 
 def next_token(logits: torch.Tensor, temperature: float = 0.0) -> torch.Tensor:
@@ -145,7 +162,7 @@ def generate_batch(model: GPT, prompts: list[torch.Tensor], new_tokens: int) -> 
     weight = model.tok_emb.weight
     cache = KVCache(model.cfg, len(prompts), longest + new_tokens, dtype=weight.dtype, device=weight.device)
     valid = torch.tensor([len(p) for p in prompts], device=weight.device)
-    padded = torch.stack([F.pad(p, (0, longest - len(p))) for p in prompts])
+    padded = torch.stack([F.pad(p, (0, longest - len(p))) for p in prompts]).to(weight.device)
     logits = forward_cached(model, padded, cache, valid=valid)[torch.arange(len(prompts)), valid - 1]
     new = []
     for step in range(new_tokens):
@@ -153,4 +170,4 @@ def generate_batch(model: GPT, prompts: list[torch.Tensor], new_tokens: int) -> 
         if step + 1 < new_tokens:
             logits = forward_cached(model, new[-1], cache)[:, -1]
     tails = torch.cat(new, dim=1) if new else padded[:, :0]
-    return [torch.cat([p, tail]) for p, tail in zip(prompts, tails, strict=True)]
+    return [torch.cat([p.to(tail.device), tail]) for p, tail in zip(prompts, tails, strict=True)]

@@ -34,10 +34,16 @@ class PagedKVCache:
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
         self.tables: list[list[int]] = [[] for _ in range(batch)]
         self.free = list(range(blocks))
+        self.table, self.end = torch.zeros(batch, 0, dtype=torch.long), 0  # the current pass's (set by prepare)
 
     @property
     def batch(self) -> int:
         return len(self.tables)
+
+    @property
+    def blocks(self) -> int:
+        """Blocks in the pool, free or not."""
+        return self.keys.shape[1]
 
     def block_bytes(self) -> int:
         """Bytes of one block's keys and values across the layers."""
@@ -54,33 +60,31 @@ class PagedKVCache:
             self.tables[row] = []
             self.lengths[row] = 0
 
-    def _reserve(self, rows: list[int], end: list[int]) -> None:
-        for row, last in zip(rows, end, strict=True):
-            needed = math.ceil(last / self.block_size) - len(self.tables[row])
-            if needed > len(self.free):
-                raise RuntimeError(f"blocks: {needed} more needed, {len(self.free)} free; give the cache more blocks")
-            self.tables[row] += [self.free.pop() for _ in range(max(needed, 0))]
+    def prepare(self, rows: torch.Tensor, ends: torch.Tensor) -> None:
+        """Before a forward pass: give each of ``rows`` the blocks for ``ends`` positions (all or none, so a failure
+        leaves the cache as it was) and lay out their block tables once for every layer."""
+        row_list, needs = rows.tolist(), [math.ceil(e / self.block_size) for e in ends.tolist()]
+        missing = [max(n - len(self.tables[r]), 0) for r, n in zip(row_list, needs, strict=True)]
+        if sum(missing) > len(self.free):
+            raise RuntimeError(f"blocks: {sum(missing)} more needed, {len(self.free)} free; give the cache more blocks")
+        for row, count in zip(row_list, missing, strict=True):
+            self.tables[row] += [self.free.pop() for _ in range(count)]
+        width = max(len(self.tables[r]) for r in row_list)  # shorter rows padded with block 0, hidden by the mask
+        self.table = torch.tensor([self.tables[r] + [0] * (width - len(self.tables[r])) for r in row_list],
+                                  device=self.lengths.device)  # fmt: skip
+        self.end = int(ends.max())
 
-    def store(self, layer: int, rows: torch.Tensor, positions: torch.Tensor, keys: torch.Tensor,
-              values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        """Write ``layer``'s keys and values at ``positions`` of ``rows`` (taking blocks as needed on the first
-        layer) and return those rows' keys and values up to the last position written, gathered block by block
-        (rows with fewer blocks are padded with block 0, which the causal mask hides)."""
-        row_list = rows.tolist()
-        if layer == 0:
-            self._reserve(row_list, (positions.max(dim=1).values + 1).tolist())
-        width = max(len(self.tables[r]) for r in row_list)
-        table = torch.tensor([self.tables[r] + [0] * (width - len(self.tables[r])) for r in row_list],
-                             device=positions.device)  # fmt: skip
-        block = table.gather(1, positions // self.block_size)
-        offset = positions % self.block_size
-        self.keys[layer][block, :, offset] = keys.transpose(1, 2)
-        self.values[layer][block, :, offset] = values.transpose(1, 2)
-        end = int(positions.max()) + 1
+    def store(self, layer: int, rows: torch.Tensor, positions: torch.Tensor, written: torch.Tensor,
+              keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Write ``layer``'s keys and values at ``positions`` of ``rows`` where ``written``, into their blocks; return
+        those rows' keys and values up to the end :meth:`prepare` was given, gathered block by block."""
+        block = self.table.gather(1, positions // self.block_size)[written]
+        offset = (positions % self.block_size)[written]
+        self.keys[layer][block, :, offset] = keys.transpose(1, 2)[written]
+        self.values[layer][block, :, offset] = values.transpose(1, 2)[written]
+        return self._gathered(self.keys[layer]), self._gathered(self.values[layer])
 
-        def gathered(pool: torch.Tensor) -> torch.Tensor:  # (rows, blocks, heads, block, dim) -> (rows, heads, t, dim)
-            per_row = pool[layer][table].permute(0, 2, 1, 3, 4)
-            return per_row.reshape(*per_row.shape[:2], -1, per_row.shape[-1])[:, :, :end]
-
-        return gathered(self.keys), gathered(self.values)
-
+    def _gathered(self, pool: torch.Tensor) -> torch.Tensor:
+        """``(rows, heads, end, dim)`` from the pool's ``(blocks, heads, block, dim)`` along the block tables."""
+        per_row = pool[self.table].permute(0, 2, 1, 3, 4)
+        return per_row.reshape(*per_row.shape[:2], -1, per_row.shape[-1])[:, :, : self.end]
