@@ -8,6 +8,7 @@ import torch
 from effdl import lm
 from effdl.infer import KVCache, forward_cached, generate, generate_batch
 from effdl.infer.batching import ContinuousBatcher, Request, static_batching
+from effdl.infer.lookup import lookup_candidates, prompt_lookup_generate
 from effdl.infer.paged import PagedKVCache
 from effdl.infer.speculative import speculative_generate
 from effdl.models import GPT, GPTConfig
@@ -285,3 +286,38 @@ def test_speculative_sampling_draws_from_the_targets_distribution_not_the_drafts
     assert 0.5 * (wanted - drafted).abs().sum() > 0.25  # the draft alone would sample something else
     assert chisquare(counts.numpy(), (runs * wanted).numpy(), sum_check=False).pvalue > 1e-3
     assert chisquare(counts.numpy(), (runs * drafted).numpy(), sum_check=False).pvalue < 1e-6
+
+
+# --- prompt lookup on a Hugging Face model -----------------------------------------------------------------
+
+
+def test_lookup_proposes_what_followed_the_last_ngram_before():
+    ids = torch.tensor([5, 6, 7, 8, 9, 1, 5, 6])
+    assert lookup_candidates(ids, 3).tolist() == [7, 8, 9]  # after the bigram 5 6
+    assert lookup_candidates(torch.tensor([1, 2, 3, 2]), 2).tolist() == [3, 2]  # unigram 2
+    assert lookup_candidates(torch.tensor([1, 2, 3, 4]), 2).tolist() == []
+    with pytest.raises(ValueError, match="k"):
+        lookup_candidates(ids, 0)
+
+
+def _tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=12, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=128)  # fmt: skip
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_prompt_lookup_decoding_gives_hugging_faces_greedy_tokens():
+    model = _tiny_llama()
+    torch.manual_seed(1)
+    prompt = torch.randint(0, 12, (1, 6)).repeat(1, 3)  # repeated text: the lookups find matches
+    result = prompt_lookup_generate(model, prompt, 24, k=4)
+    model.generation_config.eos_token_id = None  # run all 24 tokens
+    reference = model.generate(prompt, max_new_tokens=24, do_sample=False, attention_mask=torch.ones_like(prompt))
+    assert result.tokens.tolist() == reference[0, prompt.shape[1] :].tolist()
+    assert result.proposed > 0 and 0 <= result.accepted <= result.proposed
+    assert result.target_passes == 24 - result.accepted  # every pass gives the accepted tokens and one more
+    with pytest.raises(ValueError, match="ids"):
+        prompt_lookup_generate(model, prompt.repeat(2, 1), 4)

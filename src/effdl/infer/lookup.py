@@ -1,0 +1,56 @@
+"""Prompt-lookup decoding (Saxena, 2023): speculative decoding without a draft model. The proposals are the tokens
+that followed the latest n-gram's earlier occurrence in the sequence itself, which pays off where outputs copy
+their input (summaries, code edits, quoted text). The target verifies them in one pass, as in
+:mod:`effdl.infer.speculative`; this version drives a Hugging Face causal LM (SmolLM2) through its forward pass
+and its ``DynamicCache``, and matches ``generate(..., prompt_lookup_num_tokens=k)``'s greedy output.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from effdl.infer.speculative import Speculated
+
+
+def lookup_candidates(ids: torch.Tensor, k: int, max_ngram: int = 2) -> torch.Tensor:
+    """Up to ``k`` tokens that followed the earliest earlier occurrence of the last ``n`` tokens of ``ids``
+    (1-D), for ``n`` from ``max_ngram`` down to 1; empty when none occurs."""
+    if k < 1 or max_ngram < 1:
+        raise ValueError(f"k and max_ngram must be >= 1, got {k}, {max_ngram}")
+    for n in range(min(max_ngram, len(ids) - 1), 0, -1):
+        windows = ids.unfold(0, n, 1)[:-1]  # every n-gram but the last one itself
+        for start in (windows == ids[-n:]).all(dim=1).nonzero().flatten().tolist():
+            follow = ids[start + n : start + n + k]
+            if len(follow):
+                return follow
+    return ids[:0]
+
+
+@torch.no_grad()
+def prompt_lookup_generate(model: nn.Module, ids: torch.Tensor, new_tokens: int, k: int = 10,
+                           max_ngram: int = 2) -> Speculated:  # fmt: skip
+    """``new_tokens`` greedy tokens of the Hugging Face causal LM ``model`` after ``ids`` ``(1, time)``, with up to
+    ``k`` proposals per pass looked up in the sequence so far."""
+    from transformers import DynamicCache
+
+    if ids.ndim != 2 or ids.shape[0] != 1 or ids.shape[1] == 0:
+        raise ValueError(f"ids must be one prompt, (1, time>=1), got {tuple(ids.shape)}")
+    if new_tokens < 1:
+        raise ValueError(f"new_tokens must be >= 1, got {new_tokens}")
+    cache = DynamicCache(config=model.config)
+    if ids.shape[1] > 1:
+        model(ids[:, :-1], cache=cache, use_cache=True)  # the cache holds all but the last token
+    sequence, produced, proposed, accepted, passes = ids[0], 0, 0, 0, 0
+    while produced < new_tokens:
+        room = min(k, new_tokens - produced - 1)  # proposals past the last new token would be cut anyway
+        guesses = lookup_candidates(sequence, room, max_ngram) if room > 0 else sequence[:0]
+        step = torch.cat([sequence[-1:], guesses])[None]
+        checked = model(step, cache=cache, use_cache=True).logits[0].argmax(-1)
+        agree = int((guesses == checked[: len(guesses)]).int().cumprod(0).sum())
+        if agree < len(guesses):
+            cache.crop(-(len(guesses) - agree))  # forget the rejected proposals
+        sequence = torch.cat([sequence, guesses[:agree], checked[agree : agree + 1]])
+        produced, proposed, accepted = produced + agree + 1, proposed + len(guesses), accepted + agree
+        passes += 1
+    return Speculated(sequence[ids.shape[1] :], proposed, accepted, passes)
