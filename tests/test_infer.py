@@ -306,7 +306,11 @@ def _tiny_llama():
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=12, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, max_position_embeddings=128)  # fmt: skip
-    return LlamaForCausalLM(cfg).eval()
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # noisy weights, as in _gpt: attention and positions change the output
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    return model
 
 
 def test_prompt_lookup_decoding_gives_hugging_faces_greedy_tokens():
@@ -321,3 +325,17 @@ def test_prompt_lookup_decoding_gives_hugging_faces_greedy_tokens():
     assert result.target_passes == 24 - result.accepted  # every pass gives the accepted tokens and one more
     with pytest.raises(ValueError, match="ids"):
         prompt_lookup_generate(model, prompt.repeat(2, 1), 4)
+
+
+def test_continuous_batching_of_a_hugging_face_model_gives_each_request_its_greedy_tokens():
+    model = _tiny_llama()
+    model.generation_config.eos_token_id = None
+    torch.manual_seed(3)
+    requests = [Request(torch.randint(0, 12, (n,)), m, a) for n, m, a in [(5, 6, 0), (9, 3, 0), (2, 8, 1), (7, 4, 2)]]
+    served = ContinuousBatcher(model, max_batch=2, token_budget=16).run(requests)
+    for request, result in zip(requests, served, strict=True):
+        prompt = request.prompt[None]
+        reference = model.generate(prompt, max_new_tokens=request.max_new_tokens, do_sample=False,
+                                   attention_mask=torch.ones_like(prompt))  # fmt: skip
+        assert result.tokens == reference[0, len(request.prompt) :].tolist()
+    assert max(s.admitted_step for s in served) > 0  # later requests joined a running batch

@@ -4,7 +4,8 @@ Static batching groups requests and runs each group until its longest request is
 early sit idle and later requests wait for the whole group. Continuous batching (Yu et al., 2022, "Orca")
 schedules at token granularity: every step decodes one token for each running request, finished requests
 leave at once, and waiting requests join the free rows while the step's token budget lasts (a prompt costs its
-length, a decode step one token). Both run the book's GPT through :mod:`effdl.infer.kv_cache`.
+length, a decode step one token). Both run the book's GPT through :mod:`effdl.infer.kv_cache`; continuous batching
+also runs a Hugging Face causal LM (SmolLM2) through :mod:`effdl.infer.hf_batch`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from effdl.infer.hf_batch import HFBatch
 from effdl.infer.kv_cache import KVCache, forward_cached, generate_batch, next_token
 from effdl.infer.paged import PagedKVCache
 from effdl.models import GPT
@@ -71,28 +74,18 @@ def static_batching(model: GPT, requests: Sequence[Request], batch_size: int) ->
     return served
 
 
-class ContinuousBatcher:
-    """Continuous batching over ``max_batch`` rows of one cache (a contiguous
-    :class:`~effdl.infer.kv_cache.KVCache` of the model's context, or the ``cache`` given, e.g. a
-    :class:`~effdl.infer.paged.PagedKVCache`); each step spends at most ``token_budget`` tokens (running
-    requests' decodes first, then waiting prompts, first come first served)."""
+class GPTRows:
+    """The rows of the book's GPT for :class:`ContinuousBatcher`: a :class:`~effdl.infer.kv_cache.KVCache` of the
+    model's context, or the ``cache`` given (e.g. a :class:`~effdl.infer.paged.PagedKVCache`)."""
 
-    def __init__(self, model: GPT, max_batch: int, token_budget: int, cache: KVCache | PagedKVCache | None = None,
-                 ) -> None:  # fmt: skip
-        if max_batch < 1 or token_budget < max_batch:
-            raise ValueError(f"max_batch must be >= 1 and token_budget >= max_batch, got {max_batch}, {token_budget}")
-        if cache is not None and cache.batch != max_batch:
-            raise ValueError(f"cache must have max_batch={max_batch} rows, got {cache.batch}")
-        self.model, self.max_batch, self.token_budget = model, max_batch, token_budget
+    def __init__(self, model: GPT, rows: int, cache: KVCache | PagedKVCache | None = None) -> None:
+        if cache is not None and cache.batch != rows:
+            raise ValueError(f"cache must have max_batch={rows} rows, got {cache.batch}")
         weight = model.tok_emb.weight
-        self.cache = cache or KVCache(model.cfg, max_batch, dtype=weight.dtype, device=weight.device)
+        self.model = model
+        self.cache = cache or KVCache(model.cfg, rows, dtype=weight.dtype, device=weight.device)
 
-    def _check(self, request: Request, max_steps: int) -> None:
-        if request.arrival >= max_steps:
-            raise ValueError(f"requests: an arrival at step {request.arrival} is beyond max_steps ({max_steps})")
-        if len(request.prompt) > self.token_budget:
-            raise ValueError(f"requests: a prompt of {len(request.prompt)} tokens exceeds the token budget "
-                             f"({self.token_budget})")  # fmt: skip
+    def check(self, request: Request) -> None:
         total = len(request.prompt) + request.max_new_tokens
         if total > self.cache.max_tokens:
             raise ValueError(f"requests: a prompt of {len(request.prompt)} and {request.max_new_tokens} new tokens "
@@ -100,7 +93,7 @@ class ContinuousBatcher:
         if isinstance(self.cache, PagedKVCache) and math.ceil(total / self.cache.block_size) > self.cache.blocks:
             raise ValueError(f"requests: {total} tokens need more blocks than the cache's {self.cache.blocks}")
 
-    def _prefill(self, rows: list[int], prompts: list[torch.Tensor]) -> list[int]:
+    def prefill(self, rows: list[int], prompts: list[torch.Tensor]) -> list[int]:
         """One right-padded prefill of ``prompts`` into the free ``rows``: each one's first new token."""
         index = torch.tensor(rows, device=self.cache.lengths.device)
         self.cache.reset(index)
@@ -109,26 +102,77 @@ class ContinuousBatcher:
         logits = forward_cached(self.model, padded, self.cache, rows=index, valid=valid)
         return next_token(logits[torch.arange(len(rows)), valid - 1])[:, 0].tolist()
 
-    def _decode(self, rows: list[int], last: list[int]) -> list[int]:
+    def decode(self, rows: list[int], last: list[int]) -> list[int]:
         """One decode step of ``rows``, whose last tokens are ``last``: each one's next token."""
         index = torch.tensor(rows, device=self.cache.lengths.device)
         tokens = torch.tensor(last, device=index.device)[:, None]
         return next_token(forward_cached(self.model, tokens, self.cache, rows=index)[:, -1])[:, 0].tolist()
+
+    def release(self, rows: list[int]) -> None:
+        self.cache.reset(torch.tensor(rows, device=self.cache.lengths.device))
+
+
+class HFRows:
+    """The rows of a Hugging Face causal LM for :class:`ContinuousBatcher`, kept in one
+    :class:`~effdl.infer.hf_batch.HFBatch`; a row number is a slot, mapped to its place in the batch."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.batch, self.order = HFBatch(model), []  # order[i]: the slot of the batch's row i
+        self.context = model.config.max_position_embeddings
+
+    def check(self, request: Request) -> None:
+        if len(request.prompt) + request.max_new_tokens > self.context:
+            raise ValueError(f"requests: a prompt of {len(request.prompt)} and {request.max_new_tokens} new tokens "
+                             f"exceed the context ({self.context})")  # fmt: skip
+
+    def prefill(self, rows: list[int], prompts: list[torch.Tensor]) -> list[int]:
+        self.order += rows
+        return [self.batch.join(p) for p in prompts]
+
+    def decode(self, rows: list[int], last: list[int]) -> list[int]:
+        by_slot = dict(zip(rows, last, strict=True))
+        tokens = dict(zip(self.order, self.batch.decode([by_slot[s] for s in self.order]), strict=True))
+        return [tokens[r] for r in rows]
+
+    def release(self, rows: list[int]) -> None:
+        self.batch.leave([self.order.index(r) for r in rows])
+        self.order = [s for s in self.order if s not in rows]
+
+
+class ContinuousBatcher:
+    """Continuous batching over ``max_batch`` rows of the book's GPT (:class:`GPTRows`, on the ``cache`` given if
+    any) or of a Hugging Face causal LM (:class:`HFRows`); each step spends at most ``token_budget`` tokens
+    (running requests' decodes first, then waiting prompts, first come first served)."""
+
+    def __init__(self, model: nn.Module, max_batch: int, token_budget: int,
+                 cache: KVCache | PagedKVCache | None = None) -> None:  # fmt: skip
+        if max_batch < 1 or token_budget < max_batch:
+            raise ValueError(f"max_batch must be >= 1 and token_budget >= max_batch, got {max_batch}, {token_budget}")
+        self.max_batch, self.token_budget = max_batch, token_budget
+        self.rows = GPTRows(model, max_batch, cache) if isinstance(model, GPT) else HFRows(model)
+
+    def _check(self, request: Request, max_steps: int) -> None:
+        if request.arrival >= max_steps:
+            raise ValueError(f"requests: an arrival at step {request.arrival} is beyond max_steps ({max_steps})")
+        if len(request.prompt) > self.token_budget:
+            raise ValueError(f"requests: a prompt of {len(request.prompt)} tokens exceeds the token budget "
+                             f"({self.token_budget})")  # fmt: skip
+        self.rows.check(request)
 
     def _step(self, run: _Schedule, step: int) -> None:
         """Decode the running requests, admit waiting ones within the budget and prefill them, retire the done."""
         decoding = sorted(run.running)
         if decoding:
             last = [run.tokens[run.running[row]][-1] for row in decoding]
-            run.emit(decoding, self._decode(decoding, last))
+            run.emit(decoding, self.rows.decode(decoding, last))
         admitted = run.admit(step, self.max_batch, self.token_budget - len(decoding))
         if admitted:
             prompts = [run.requests[run.running[row]].prompt for row in admitted]
-            run.emit(admitted, self._prefill(admitted, prompts))
+            run.emit(admitted, self.rows.prefill(admitted, prompts))
             run.started(admitted, step)
         done = run.retire(step)
         if done:
-            self.cache.reset(torch.tensor(done, device=self.cache.lengths.device))
+            self.rows.release(done)
 
     def run(self, requests: Sequence[Request], max_steps: int = 100_000) -> list[Served]:
         """Serve ``requests`` (greedy) to completion; the results in the order of ``requests``. A step with nothing
