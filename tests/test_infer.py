@@ -8,6 +8,7 @@ import torch
 from effdl import lm
 from effdl.infer import KVCache, forward_cached, generate, generate_batch
 from effdl.infer.batching import ContinuousBatcher, Request, static_batching
+from effdl.infer.hf_batch import HFBatch
 from effdl.infer.lookup import lookup_candidates, prompt_lookup_generate
 from effdl.infer.paged import PagedKVCache
 from effdl.infer.speculative import speculative_generate
@@ -296,6 +297,8 @@ def test_lookup_proposes_what_followed_the_last_ngram_before():
     assert lookup_candidates(ids, 3).tolist() == [7, 8, 9]  # after the bigram 5 6
     assert lookup_candidates(torch.tensor([1, 2, 3, 2]), 2).tolist() == [3, 2]  # unigram 2
     assert lookup_candidates(torch.tensor([1, 2, 3, 4]), 2).tolist() == []
+    assert lookup_candidates(torch.tensor([3, 2, 7, 3, 2, 8, 3, 2]), 3).tolist() == [7, 3, 2]  # the earliest match
+    assert lookup_candidates(torch.tensor([4, 2, 7, 3, 2, 8, 3, 2]), 3).tolist() == [8, 3, 2]  # bigram over unigram
     with pytest.raises(ValueError, match="k"):
         lookup_candidates(ids, 0)
 
@@ -339,3 +342,19 @@ def test_continuous_batching_of_a_hugging_face_model_gives_each_request_its_gree
                                    attention_mask=torch.ones_like(prompt))  # fmt: skip
         assert result.tokens == reference[0, len(request.prompt) :].tolist()
     assert max(s.admitted_step for s in served) > 0  # later requests joined a running batch
+    with pytest.raises(ValueError, match="model"):
+        ContinuousBatcher(model, max_batch=2, token_budget=16, cache=KVCache(_gpt().cfg, 2))
+
+
+def test_hf_batch_rows_of_different_lengths_get_the_logits_of_their_own_sequence():
+    model = _tiny_llama()
+    torch.manual_seed(4)
+    prompts = [torch.randint(0, 12, (n,)) for n in (3, 8, 5)]
+    batch = HFBatch(model)
+    firsts = [batch.join(p) for p in prompts]
+    logits = batch.forward(firsts)
+    for row, (prompt, first) in enumerate(zip(prompts, firsts, strict=True)):
+        alone = model(torch.cat([prompt, torch.tensor([first])])[None]).logits[0, -1]
+        torch.testing.assert_close(logits[row], alone, atol=1e-4, rtol=1e-4)
+    batch.leave([0, 1])
+    assert batch.mask.shape == (1, 6) and batch.lengths == [6]  # the columns only the others used are gone

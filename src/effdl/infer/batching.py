@@ -149,7 +149,12 @@ class ContinuousBatcher:
         if max_batch < 1 or token_budget < max_batch:
             raise ValueError(f"max_batch must be >= 1 and token_budget >= max_batch, got {max_batch}, {token_budget}")
         self.max_batch, self.token_budget = max_batch, token_budget
-        self.rows = GPTRows(model, max_batch, cache) if isinstance(model, GPT) else HFRows(model)
+        if isinstance(model, GPT):
+            self.rows: GPTRows | HFRows = GPTRows(model, max_batch, cache)
+        elif hasattr(model, "config") and cache is None:
+            self.rows = HFRows(model)
+        else:
+            raise ValueError("model must be the book's GPT (with any cache) or a Hugging Face causal LM (no cache=)")
 
     def _check(self, request: Request, max_steps: int) -> None:
         if request.arrival >= max_steps:

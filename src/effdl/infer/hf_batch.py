@@ -1,7 +1,9 @@
 """Continuous batching for a Hugging Face causal LM (SmolLM2): the running requests share one ``DynamicCache``
 whose rows are right-aligned, each request's keys and values ending at the last column, shorter ones padded on the
 left and hidden by the attention mask. A decode step appends one column for every row; a request joins by its own
-prefill, padded to the batch's length (or the batch padded to its), and leaves by dropping its row.
+prefill (one forward pass per joining request), padded to the batch's length (or the batch padded to its), and
+leaves by dropping its row. Full-attention caches only (Llama, SmolLM2): a sliding-window layer keeps offsets this
+layout does not update.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ class HFBatch:
     """The running requests of a Hugging Face causal LM, in one right-aligned cache, one row per request."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.model = model
+        self.model, self.device = model, next(model.parameters()).device
         self.cache = None
-        self.mask = torch.zeros(0, 0, dtype=torch.long)  # (rows, columns): 1 where a row has a real token
+        self.mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)  # 1 where a row has a real token
         self.lengths: list[int] = []  # real tokens per row
 
     @torch.no_grad()
@@ -33,8 +35,10 @@ class HFBatch:
         from transformers import DynamicCache
 
         own = DynamicCache(config=self.model.config)
-        logits = self.model(prompt[None], cache=own, use_cache=True).logits[0, -1]
-        mask = torch.ones(1, len(prompt), dtype=torch.long)
+        if any(getattr(layer, "is_sliding", False) for layer in own.layers):
+            raise ValueError("model: sliding-window attention layers are not supported by this right-aligned cache")
+        logits = self.model(prompt[None].to(self.device), cache=own, use_cache=True).logits[0, -1]
+        mask = torch.ones(1, len(prompt), dtype=torch.long, device=self.device)
         if self.cache is None:
             self.cache, self.mask = own, mask
         else:
@@ -50,22 +54,29 @@ class HFBatch:
         return int(logits.argmax())
 
     @torch.no_grad()
-    def decode(self, last: list[int]) -> list[int]:
-        """One step for every row, whose last tokens are ``last``: each row's next token (greedy)."""
-        self.mask = torch.cat([self.mask, torch.ones(len(last), 1, dtype=torch.long)], dim=1)
-        positions = torch.tensor(self.lengths)[:, None]  # each row's own position, whatever the padding
-        logits = self.model(torch.tensor(last)[:, None], attention_mask=self.mask, position_ids=positions,
-                            cache=self.cache, use_cache=True).logits[:, -1]  # fmt: skip
+    def forward(self, last: list[int]) -> torch.Tensor:
+        """One step for every row, whose last tokens are ``last``: each row's next-token logits ``(rows, vocab)``."""
+        ones = torch.ones(len(last), 1, dtype=torch.long, device=self.device)
+        self.mask = torch.cat([self.mask, ones], dim=1)
+        positions = torch.tensor(self.lengths, device=self.device)[:, None]  # each row's own, whatever the padding
+        tokens = torch.tensor(last, device=self.device)[:, None]
+        logits = self.model(tokens, attention_mask=self.mask, position_ids=positions, cache=self.cache,
+                            use_cache=True).logits[:, -1]  # fmt: skip
         self.lengths = [n + 1 for n in self.lengths]
-        return logits.argmax(-1).tolist()
+        return logits
+
+    def decode(self, last: list[int]) -> list[int]:
+        """:meth:`forward`, greedy: each row's next token."""
+        return self.forward(last).argmax(-1).tolist()
 
     def leave(self, rows: list[int]) -> None:
         """Drop ``rows``; columns no remaining row uses are dropped too."""
-        keep = [r for r in range(len(self.lengths)) if r not in rows]
+        gone = set(rows)
+        keep = [r for r in range(len(self.lengths)) if r not in gone]
         if not keep:
             self.cache, self.mask, self.lengths = None, self.mask[:0, :0], []
             return
-        index = torch.tensor(keep)
+        index = torch.tensor(keep, device=self.device)
         self.mask, self.lengths = self.mask[index], [self.lengths[r] for r in keep]
         start = int((self.mask.sum(0) == 0).int().cumprod(0).sum())  # leading columns that are padding everywhere
         self.mask = self.mask[:, start:]

@@ -1,8 +1,9 @@
 """Prompt-lookup decoding (Saxena, 2023): speculative decoding without a draft model. The proposals are the tokens
-that followed the latest n-gram's earlier occurrence in the sequence itself, which pays off where outputs copy
+that followed an earlier occurrence of the sequence's last n-gram, which pays off where outputs copy
 their input (summaries, code edits, quoted text). The target verifies them in one pass, as in
 :mod:`effdl.infer.speculative`; this version drives a Hugging Face causal LM (SmolLM2) through its forward pass
-and its ``DynamicCache``, and matches ``generate(..., prompt_lookup_num_tokens=k)``'s greedy output.
+and its ``DynamicCache``, and matches ``generate(..., prompt_lookup_num_tokens=k)``'s greedy output when
+``generate`` is not stopped by an end-of-text token (this version always writes ``new_tokens`` tokens).
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ def lookup_candidates(ids: torch.Tensor, k: int, max_ngram: int = 2) -> torch.Te
         raise ValueError(f"k and max_ngram must be >= 1, got {k}, {max_ngram}")
     for n in range(min(max_ngram, len(ids) - 1), 0, -1):
         windows = ids.unfold(0, n, 1)[:-1]  # every n-gram but the last one itself
-        for start in (windows == ids[-n:]).all(dim=1).nonzero().flatten().tolist():
-            follow = ids[start + n : start + n + k]
-            if len(follow):
-                return follow
+        starts = (windows == ids[-n:]).all(dim=1).nonzero().flatten()
+        if len(starts):  # the earliest, as Hugging Face's candidate generator takes
+            return ids[int(starts[0]) + n : int(starts[0]) + n + k]
     return ids[:0]
 
 
