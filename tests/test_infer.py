@@ -252,6 +252,16 @@ def test_continuous_batching_runs_on_the_paged_cache():
     tight = PagedKVCache(model.cfg, batch=2, blocks=4, block_size=4)  # 2 + 3 blocks if a finished row kept its own
     ContinuousBatcher(model, max_batch=2, token_budget=12, cache=tight).run(_requests([8, 4], [1, 9]))
     assert tight.used_bytes() == 0
+
+
+def test_a_request_waits_until_the_paged_pool_can_hold_its_whole_run():
+    model = _gpt()
+    requests = _requests([6, 6, 6], [4, 4, 4])  # 9 stored tokens: 3 blocks of 4 each; the pool has 4
+    paged = PagedKVCache(model.cfg, batch=2, blocks=4, block_size=4)
+    served = ContinuousBatcher(model, max_batch=2, token_budget=16, cache=paged).run(requests)
+    expected = [generate(model, r.prompt[None], r.max_new_tokens)[0, len(r.prompt) :].tolist() for r in requests]
+    assert [s.tokens for s in served] == expected
+    assert [s.admitted_step for s in served] == [0, 4, 8]  # one at a time, although two rows are free
     with pytest.raises(ValueError, match="cache"):
         ContinuousBatcher(model, max_batch=3, token_budget=12, cache=paged)
 

@@ -14,7 +14,7 @@ import dataclasses
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +84,19 @@ class GPTRows:
         weight = model.tok_emb.weight
         self.model = model
         self.cache = cache or KVCache(model.cfg, rows, dtype=weight.dtype, device=weight.device)
+        self.promised: dict[int, int] = {}  # row -> paged blocks its request may still need, kept for it
+
+    def reserve(self, row: int, request: Request) -> bool:
+        """Whether ``request`` can start in ``row`` now: on a paged cache, only if the blocks its whole run needs
+        (prompt and new tokens, the last one never stored) are not promised to the running requests; then they
+        are promised to it, so that no running request ever finds the pool empty (there is no preemption)."""
+        if not isinstance(self.cache, PagedKVCache):
+            return True
+        need = math.ceil((len(request.prompt) + request.max_new_tokens - 1) / self.cache.block_size)
+        if need > self.cache.blocks - sum(self.promised.values()):
+            return False
+        self.promised[row] = need
+        return True
 
     def check(self, request: Request) -> None:
         total = len(request.prompt) + request.max_new_tokens
@@ -110,6 +123,8 @@ class GPTRows:
 
     def release(self, rows: list[int]) -> None:
         self.cache.reset(torch.tensor(rows, device=self.cache.lengths.device))
+        for row in rows:
+            self.promised.pop(row, None)
 
 
 class HFRows:
@@ -124,6 +139,10 @@ class HFRows:
         if len(request.prompt) + request.max_new_tokens > self.context:
             raise ValueError(f"requests: a prompt of {len(request.prompt)} and {request.max_new_tokens} new tokens "
                              f"exceed the context ({self.context})")  # fmt: skip
+
+    def reserve(self, row: int, request: Request) -> bool:
+        """Always: the cache grows as needed."""
+        return True
 
     def prefill(self, rows: list[int], prompts: list[torch.Tensor]) -> list[int]:
         self.order += rows
@@ -170,7 +189,7 @@ class ContinuousBatcher:
         if decoding:
             last = [run.tokens[run.running[row]][-1] for row in decoding]
             run.emit(decoding, self.rows.decode(decoding, last))
-        admitted = run.admit(step, self.max_batch, self.token_budget - len(decoding))
+        admitted = run.admit(step, self.max_batch, self.token_budget - len(decoding), self.rows.reserve)
         if admitted:
             prompts = [run.requests[run.running[row]].prompt for row in admitted]
             run.emit(admitted, self.rows.prefill(admitted, prompts))
@@ -218,15 +237,16 @@ class _Schedule:
         for row, token in zip(rows, tokens, strict=True):
             self.tokens[self.running[row]].append(token)
 
-    def admit(self, step: int, max_batch: int, budget: int) -> list[int]:
-        """Move arrived requests, first come first served, into free rows while their prompts fit ``budget``."""
+    def admit(self, step: int, max_batch: int, budget: int, reserve: Callable[[int, Request], bool]) -> list[int]:
+        """Move arrived requests, first come first served, into free rows while their prompts fit ``budget`` and
+        ``reserve`` finds room for them."""
         free = [row for row in range(max_batch) if row not in self.running]
         admitted = []
         while self.waiting and free and self.requests[self.waiting[0]].arrival <= step:
-            cost = len(self.requests[self.waiting[0]].prompt)
-            if cost > budget:
+            request = self.requests[self.waiting[0]]
+            if len(request.prompt) > budget or not reserve(free[0], request):
                 break
-            budget -= cost
+            budget -= len(request.prompt)
             row = free.pop(0)
             self.running[row] = self.waiting.popleft()
             admitted.append(row)
