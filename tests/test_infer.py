@@ -368,3 +368,30 @@ def test_hf_batch_rows_of_different_lengths_get_the_logits_of_their_own_sequence
         torch.testing.assert_close(logits[row], alone, atol=1e-4, rtol=1e-4)
     batch.leave([0, 1])
     assert batch.mask.shape == (1, 6) and batch.lengths == [6]  # the columns only the others used are gone
+
+
+def test_a_stop_token_ends_a_request_early_and_frees_its_row():
+    model = _gpt()
+    base = _requests([4, 5, 3], [12, 12, 6])
+    full = [generate(model, r.prompt[None], r.max_new_tokens)[0, len(r.prompt) :].tolist() for r in base]
+    stop = full[0][3]  # the first request stops at its 4th token (or earlier, if that token came before)
+    requests = [Request(r.prompt, r.max_new_tokens, stop=stop) for r in base]
+    expected = [t[: t.index(stop) + 1] if stop in t else t for t in full]
+    assert len(expected[0]) <= 4
+    served = ContinuousBatcher(model, max_batch=2, token_budget=16).run(requests)
+    assert [s.tokens for s in served] == expected
+    assert [s.tokens for s in static_batching(model, requests, 2)] == expected
+    assert served[2].admitted_step == min(len(expected[0]), len(expected[1]))  # joins when the first row frees
+
+
+def test_prompt_lookup_stops_where_generate_stops():
+    model = _tiny_llama()
+    torch.manual_seed(1)
+    prompt = torch.randint(0, 12, (1, 6)).repeat(1, 3)
+    model.generation_config.eos_token_id = None
+    free_run = prompt_lookup_generate(model, prompt, 24, k=4).tokens.tolist()
+    stop = free_run[5]
+    reference = model.generate(prompt, max_new_tokens=24, do_sample=False, eos_token_id=stop,
+                               attention_mask=torch.ones_like(prompt))  # fmt: skip
+    result = prompt_lookup_generate(model, prompt, 24, k=4, stop=stop)
+    assert result.tokens.tolist() == reference[0, prompt.shape[1] :].tolist() == free_run[: free_run.index(stop) + 1]

@@ -28,11 +28,13 @@ from effdl.models import GPT
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Request:
-    """A prompt (1-D token ids), how many tokens to generate, and the scheduler step it arrives at."""
+    """A prompt (1-D token ids), how many tokens to generate at most, the scheduler step it arrives at, and a token
+    that ends it early (an end-of-text token; kept as the last token)."""
 
     prompt: torch.Tensor
     max_new_tokens: int
     arrival: int = 0
+    stop: int | None = None
 
     def __post_init__(self) -> None:
         if self.prompt.ndim != 1 or len(self.prompt) == 0:
@@ -40,6 +42,15 @@ class Request:
         if self.max_new_tokens < 1 or self.arrival < 0:
             raise ValueError(f"max_new_tokens must be >= 1 and arrival >= 0, got {self.max_new_tokens}, "
                              f"{self.arrival}")  # fmt: skip
+
+    def cut(self, tokens: list[int]) -> list[int]:
+        """``tokens`` up to ``max_new_tokens`` and the first ``stop``, which is kept."""
+        tokens = tokens[: self.max_new_tokens]
+        return tokens[: tokens.index(self.stop) + 1] if self.stop in tokens else tokens
+
+    def done(self, tokens: list[int]) -> bool:
+        """Whether ``tokens``, generated so far, end the request."""
+        return len(tokens) >= self.max_new_tokens or (self.stop is not None and tokens[-1:] == [self.stop])
 
 
 @dataclasses.dataclass
@@ -57,7 +68,7 @@ class Served:
 def static_batching(model: GPT, requests: Sequence[Request], batch_size: int) -> list[Served]:
     """Requests in groups of ``batch_size`` (in order), each group started once its last request has arrived and
     generated to its longest ``max_new_tokens`` with one prefill and then one decode step per token, its other rows
-    cut to their own length afterwards."""
+    cut to their own length (or stop token) afterwards."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     start, served, step = time.perf_counter(), [], 0
@@ -68,7 +79,7 @@ def static_batching(model: GPT, requests: Sequence[Request], batch_size: int) ->
         outputs = generate_batch(model, [r.prompt for r in group], longest)
         done = time.perf_counter() - start
         for request, out in zip(group, outputs, strict=True):
-            tokens = out[len(request.prompt) : len(request.prompt) + request.max_new_tokens].tolist()
+            tokens = request.cut(out[len(request.prompt) :].tolist())
             served.append(Served(tokens, step, step + longest, done, done))  # tokens arrive with the group
         step += longest
     return served
@@ -260,7 +271,7 @@ class _Schedule:
     def retire(self, step: int) -> list[int]:
         """Free the rows whose requests have all their tokens; return those rows."""
         now = time.perf_counter() - self.start
-        done = [r for r, i in self.running.items() if len(self.tokens[i]) == self.requests[i].max_new_tokens]
+        done = [r for r, i in self.running.items() if self.requests[i].done(self.tokens[i])]
         for row in done:
             i = self.running.pop(row)
             self.served[i] = dataclasses.replace(self.served[i], tokens=self.tokens[i], finished_step=step,

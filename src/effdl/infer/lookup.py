@@ -2,8 +2,8 @@
 that followed an earlier occurrence of the sequence's last n-gram, which pays off where outputs copy
 their input (summaries, code edits, quoted text). The target verifies them in one pass, as in
 :mod:`effdl.infer.speculative`; this version drives a Hugging Face causal LM (SmolLM2) through its forward pass
-and its ``DynamicCache``, and matches ``generate(..., prompt_lookup_num_tokens=k)``'s greedy output when
-``generate`` is not stopped by an end-of-text token (this version always writes ``new_tokens`` tokens).
+and its ``DynamicCache``, and matches ``generate(..., prompt_lookup_num_tokens=k)``'s greedy output, up to and
+including the first ``stop`` token when one is given.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ def lookup_candidates(ids: torch.Tensor, k: int, max_ngram: int = 2) -> torch.Te
 
 @torch.no_grad()
 def prompt_lookup_generate(model: nn.Module, ids: torch.Tensor, new_tokens: int, k: int = 10,
-                           max_ngram: int = 2) -> Speculated:  # fmt: skip
-    """``new_tokens`` greedy tokens of the Hugging Face causal LM ``model`` after ``ids`` ``(1, time)``, with up to
-    ``k`` proposals per pass looked up in the sequence so far."""
+                           max_ngram: int = 2, stop: int | None = None) -> Speculated:  # fmt: skip
+    """Up to ``new_tokens`` greedy tokens of the Hugging Face causal LM ``model`` after ``ids`` ``(1, time)``, with
+    up to ``k`` proposals per pass looked up in the sequence so far; ``stop`` (an end-of-text token) ends the
+    output early and is kept."""
     from transformers import DynamicCache
 
     if ids.ndim != 2 or ids.shape[0] != 1 or ids.shape[1] == 0:
@@ -53,4 +54,7 @@ def prompt_lookup_generate(model: nn.Module, ids: torch.Tensor, new_tokens: int,
         sequence = torch.cat([sequence, guesses[:agree], checked[agree : agree + 1]])
         produced, proposed, accepted = produced + agree + 1, proposed + len(guesses), accepted + agree
         passes += 1
+        new = sequence[ids.shape[1] :]
+        if stop is not None and bool((new == stop).any()):
+            return Speculated(new[: int((new == stop).nonzero()[0]) + 1], proposed, accepted, passes)
     return Speculated(sequence[ids.shape[1] :], proposed, accepted, passes)
