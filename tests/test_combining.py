@@ -99,7 +99,9 @@ def test_closest_compares_ratios_and_the_chart_finds_the_smallest_close_file():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ex.quant_cnn, "labels", lambda: torch.ones(10, dtype=torch.long))
         chart = ex.Pareto({"cnn-fmnist": point(1000, right), "small": point(50, right.roll(1)),
-                           "tiny": point(10, torch.zeros(10, dtype=torch.bool))}, {})  # fmt: skip
+                           "tiny": point(10, torch.zeros(10, dtype=torch.bool))},
+                          {"cnn-fmnist": 2.0, "small": 3.0, "tiny": 0.5})  # fmt: skip
+        assert chart.latency_front() == ["tiny", "cnn-fmnist"]  # "small" is slower and no more accurate
         assert chart.accuracy("small") == pytest.approx(90.0)
         assert chart.smallest_within(1.0) == "small"
         assert chart.smallest_within(100.0) == "tiny"

@@ -17,11 +17,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from effdl.infer.hf_batch import HFBatch
-from effdl.infer.kv_cache import KVCache, forward_cached, generate_batch, next_token
+from effdl.infer.kv_cache import KVCache, forward_cached, generate_batch, next_token, prefill
 from effdl.infer.paged import PagedKVCache
 from effdl.models import GPT
 
@@ -121,10 +120,7 @@ class GPTRows:
         """One right-padded prefill of ``prompts`` into the free ``rows``: each one's first new token."""
         index = torch.tensor(rows, device=self.cache.lengths.device)
         self.cache.reset(index)
-        valid = torch.tensor([len(p) for p in prompts], device=index.device)
-        padded = torch.stack([F.pad(p, (0, int(valid.max()) - len(p))) for p in prompts]).to(index.device)
-        logits = forward_cached(self.model, padded, self.cache, rows=index, valid=valid)
-        return next_token(logits[torch.arange(len(rows)), valid - 1])[:, 0].tolist()
+        return next_token(prefill(self.model, prompts, self.cache, rows=index))[:, 0].tolist()
 
     def decode(self, rows: list[int], last: list[int]) -> list[int]:
         """One decode step of ``rows``, whose last tokens are ``last``: each one's next token."""

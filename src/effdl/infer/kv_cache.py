@@ -15,20 +15,31 @@ import torch.nn.functional as F
 from effdl.models import GPT, CausalSelfAttention, GPTConfig
 
 
+def check_max_tokens(cfg: GPTConfig, max_tokens: int | None) -> int:
+    """``max_tokens``, the model's context when ``None``; a clear error outside ``[1, context]``."""
+    max_tokens = cfg.context if max_tokens is None else max_tokens
+    if not 0 < max_tokens <= cfg.context:
+        raise ValueError(f"max_tokens must be in [1, {cfg.context}] (the model's context), got {max_tokens}")
+    return max_tokens
+
+
+def empty_keys_values(cfg: GPTConfig, slots: int, positions: int, dtype: torch.dtype,
+                      device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Zeroed keys and values ``(layers, slots, kv_heads, positions, head_dim)`` for ``cfg``'s GPT."""
+    shape = (cfg.n_layer, slots, cfg.kv_heads, positions, cfg.n_embd // cfg.n_head)
+    return torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device)
+
+
 class KVCache:
     """Preallocated keys and values of every layer, ``(layers, batch, kv_heads, max_tokens, head_dim)`` each, and
     ``lengths``, the positions filled in each row."""
 
     def __init__(self, cfg: GPTConfig, batch: int, max_tokens: int | None = None, dtype: torch.dtype = torch.float32,
                  device: torch.device | str = "cpu") -> None:  # fmt: skip
-        max_tokens = cfg.context if max_tokens is None else max_tokens
         if batch <= 0:
             raise ValueError(f"batch must be positive, got {batch}")
-        if not 0 < max_tokens <= cfg.context:
-            raise ValueError(f"max_tokens must be in [1, {cfg.context}] (the model's context), got {max_tokens}")
-        shape = (cfg.n_layer, batch, cfg.kv_heads, max_tokens, cfg.n_embd // cfg.n_head)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        max_tokens = check_max_tokens(cfg, max_tokens)
+        self.keys, self.values = empty_keys_values(cfg, batch, max_tokens, dtype, device)
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
         self.end = 0  # positions the current forward pass reads (set by prepare)
 
@@ -150,6 +161,16 @@ def generate(model: GPT, idx: torch.Tensor, new_tokens: int, temperature: float 
     return torch.cat(out, dim=1)
 
 
+def prefill(model: GPT, prompts: list[torch.Tensor], cache: KVCache, rows: torch.Tensor | None = None,
+            ) -> torch.Tensor:  # fmt: skip
+    """Prompts of different lengths (1-D token tensors) right-padded into one :func:`forward_cached` call on
+    ``rows`` of ``cache`` (all rows by default): each prompt's logits at its own last token ``(prompts, vocab)``."""
+    device = cache.lengths.device
+    valid = torch.tensor([len(p) for p in prompts], device=device)
+    padded = torch.stack([F.pad(p, (0, int(valid.max()) - len(p))) for p in prompts]).to(device)
+    return forward_cached(model, padded, cache, rows=rows, valid=valid)[torch.arange(len(prompts)), valid - 1]
+
+
 @torch.no_grad()
 def generate_batch(model: GPT, prompts: list[torch.Tensor], new_tokens: int) -> list[torch.Tensor]:
     """Greedy continuations of prompts of different lengths (1-D token tensors) in one batch: right-padded into
@@ -161,13 +182,11 @@ def generate_batch(model: GPT, prompts: list[torch.Tensor], new_tokens: int) -> 
     _check_lengths(model, longest, new_tokens, 0.0)
     weight = model.tok_emb.weight
     cache = KVCache(model.cfg, len(prompts), longest + new_tokens, dtype=weight.dtype, device=weight.device)
-    valid = torch.tensor([len(p) for p in prompts], device=weight.device)
-    padded = torch.stack([F.pad(p, (0, longest - len(p))) for p in prompts]).to(weight.device)
-    logits = forward_cached(model, padded, cache, valid=valid)[torch.arange(len(prompts)), valid - 1]
+    logits = prefill(model, prompts, cache)
     new = []
     for step in range(new_tokens):
         new.append(next_token(logits))
         if step + 1 < new_tokens:
             logits = forward_cached(model, new[-1], cache)[:, -1]
-    tails = torch.cat(new, dim=1) if new else padded[:, :0]
+    tails = torch.cat(new, dim=1) if new else torch.zeros(len(prompts), 0, dtype=torch.long, device=weight.device)
     return [torch.cat([p.to(tail.device), tail]) for p, tail in zip(prompts, tails, strict=True)]

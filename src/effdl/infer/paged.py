@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from effdl.infer.kv_cache import check_max_tokens, empty_keys_values
 from effdl.models import GPTConfig
 
 
@@ -22,15 +23,10 @@ class PagedKVCache:
 
     def __init__(self, cfg: GPTConfig, batch: int, blocks: int, block_size: int = 16, max_tokens: int | None = None,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:  # fmt: skip
-        max_tokens = cfg.context if max_tokens is None else max_tokens
         if batch <= 0 or blocks <= 0 or block_size <= 0:
             raise ValueError(f"batch, blocks and block_size must be positive, got {batch}, {blocks}, {block_size}")
-        if not 0 < max_tokens <= cfg.context:
-            raise ValueError(f"max_tokens must be in [1, {cfg.context}] (the model's context), got {max_tokens}")
-        shape = (cfg.n_layer, blocks, cfg.kv_heads, block_size, cfg.n_embd // cfg.n_head)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
-        self.block_size, self.max_tokens = block_size, max_tokens
+        self.keys, self.values = empty_keys_values(cfg, blocks, block_size, dtype, device)
+        self.block_size, self.max_tokens = block_size, check_max_tokens(cfg, max_tokens)
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
         self.tables: list[list[int]] = [[] for _ in range(batch)]
         self.free = list(range(blocks))
