@@ -8,7 +8,7 @@ JB := $(VENV)/bin/jupyter-book
 STAMP := $(VENV)/.installed-stamp
 FAST := EFFDL_FAST=1
 
-.PHONY: setup data book test unit notebooks site bench lint clean
+.PHONY: setup data book test unit notebooks site bench serve lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ site: notebooks
 
 bench: data
 	$(PY) -m effdl.report --out results/bench.json $(if $(ONLY),--only $(ONLY))
+
+# The book's models behind an OpenAI-compatible API on http://127.0.0.1:8000 (`python -m effdl.serve --help`).
+serve: data
+	$(PY) -m effdl.serve --host 127.0.0.1
 
 clean:
 	rm -rf _build results

@@ -9,7 +9,7 @@ from effdl import lm
 from effdl.infer import KVCache, forward_cached, generate, generate_batch
 from effdl.infer.batching import ContinuousBatcher, Request, static_batching
 from effdl.infer.hf_batch import HFBatch
-from effdl.infer.lookup import lookup_candidates, prompt_lookup_generate
+from effdl.infer.lookup import DraftProposer, lookup_candidates, prompt_lookup_generate, speculative_generate_hf
 from effdl.infer.paged import PagedKVCache
 from effdl.infer.speculative import speculative_generate
 from effdl.models import GPT, GPTConfig
@@ -313,10 +313,10 @@ def test_lookup_proposes_what_followed_the_last_ngram_before():
         lookup_candidates(ids, 0)
 
 
-def _tiny_llama():
+def _tiny_llama(seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=12, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, max_position_embeddings=128)  # fmt: skip
     model = LlamaForCausalLM(cfg).eval()
@@ -395,3 +395,19 @@ def test_prompt_lookup_stops_where_generate_stops():
                                attention_mask=torch.ones_like(prompt))  # fmt: skip
     result = prompt_lookup_generate(model, prompt, 24, k=4, stop=stop)
     assert result.tokens.tolist() == reference[0, prompt.shape[1] :].tolist() == free_run[: free_run.index(stop) + 1]
+
+
+def test_a_draft_models_proposals_give_the_targets_greedy_tokens():
+    target, draft = _tiny_llama(), _tiny_llama(seed=5)
+    target.generation_config.eos_token_id = None
+    torch.manual_seed(2)
+    prompt = torch.randint(0, 12, (1, 7))
+    reference = target.generate(prompt, max_new_tokens=20, do_sample=False, attention_mask=torch.ones_like(prompt))
+    result = speculative_generate_hf(target, prompt, 20, DraftProposer(draft), k=3)
+    assert result.tokens.tolist() == reference[0, prompt.shape[1] :].tolist()
+    assert result.accepted < result.proposed  # a different model: some proposals rejected
+    itself = speculative_generate_hf(target, prompt, 20, DraftProposer(target), k=3)
+    assert itself.tokens.tolist() == result.tokens.tolist()
+    assert itself.accepted == itself.proposed and itself.target_passes == 5  # 4 guesses + 1 own token per pass
+    with pytest.raises(ValueError, match="k"):
+        speculative_generate_hf(target, prompt, 4, DraftProposer(draft), k=0)

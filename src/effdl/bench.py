@@ -387,3 +387,23 @@ def decode_tokens_per_s(model: nn.Module, input_ids: torch.Tensor, new_tokens: i
 
     run(new_tokens + 1)  # warm-up
     return new_tokens / (seconds(new_tokens + 1) - seconds(1))
+
+
+def compare_tokens_per_s(runs: dict[str, Callable[[int], Any]], new_tokens: int = 32,
+                         rounds: int = 3) -> dict[str, float]:  # fmt: skip
+    """Tokens per second of each generator in ``runs`` (``run(n)`` makes ``n`` new tokens), prefill excluded, timed
+    interleaved: in each of ``rounds`` rounds every run makes ``new_tokens + 1`` tokens and 1 token in turn, and its
+    speed is the extra tokens over the extra time, from the median time of each length over the rounds, so a slow
+    moment of the machine hits every run alike (the interleaving of :func:`compare_latency`)."""
+    if rounds <= 0 or new_tokens <= 0:
+        raise ValueError(f"rounds and new_tokens must be positive, got {rounds}, {new_tokens}")
+    for run in runs.values():
+        run(2)  # warm-up: the first call of each pays for allocations and caches
+    long: dict[str, list[float]] = {name: [] for name in runs}
+    short: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            long[name] += call_times(lambda run=run: run(new_tokens + 1), 1)
+            short[name] += call_times(lambda run=run: run(1), 1)
+    # medians of each length first: one slow 1-token call cannot turn a round's difference negative
+    return {name: new_tokens / (statistics.median(long[name]) - statistics.median(short[name])) for name in runs}

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import statistics
-import time
+import functools
 from collections.abc import Callable
 
 import torch
@@ -331,26 +330,10 @@ def _generate(model: nn.Module, ids: torch.Tensor, tokens: int) -> None:
 
 def compare_decode(models: dict[str, nn.Module], ids: torch.Tensor, new_tokens: int = DECODE_TOKENS,
                    rounds: int = DECODE_ROUNDS) -> dict[str, float]:  # fmt: skip
-    """Greedy decode tokens per second of each model, prefill excluded, timed interleaved: in each of ``rounds``
-    rounds every model generates ``new_tokens + 1`` tokens and 1 token in turn, and its speed is the extra
-    tokens over the extra time, from the median time of each length over the rounds, so a slow moment of the
-    machine hits every model alike (the interleaving of :func:`effdl.bench.compare_latency`)."""
-    if rounds <= 0 or new_tokens <= 0:
-        raise ValueError(f"rounds and new_tokens must be positive, got {rounds}, {new_tokens}")
-    for model in models.values():
-        _generate(model, ids, 2)  # warm-up: the first call of each model pays for allocations and caches
-    long: dict[str, list[float]] = {name: [] for name in models}
-    short: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            start = time.perf_counter()
-            _generate(model, ids, new_tokens + 1)
-            middle = time.perf_counter()
-            _generate(model, ids, 1)
-            long[name].append(middle - start)
-            short[name].append(time.perf_counter() - middle)
-    # medians of each length first: one slow 1-token call cannot turn a round's difference negative
-    return {name: new_tokens / (statistics.median(long[name]) - statistics.median(short[name])) for name in models}
+    """Greedy decode tokens per second of each model's ``generate``, prefill excluded, timed interleaved
+    (:func:`effdl.bench.compare_tokens_per_s`)."""
+    runs = {name: functools.partial(_generate, model, ids) for name, model in models.items()}
+    return timing.compare_tokens_per_s(runs, new_tokens, rounds)
 
 
 @dataclasses.dataclass(frozen=True)

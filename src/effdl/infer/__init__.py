@@ -5,19 +5,20 @@
 - :mod:`~effdl.infer.batching`: static and continuous batching of generation requests
 - :mod:`~effdl.infer.hf_batch`: a Hugging Face model's running requests in one right-aligned cache
 - :mod:`~effdl.infer.speculative`: speculative decoding with a draft model, greedy or sampled
-- :mod:`~effdl.infer.lookup`: prompt-lookup decoding on a Hugging Face model, no draft needed
+- :mod:`~effdl.infer.lookup`: speculative decoding on a Hugging Face model: prompt lookup (no draft) or a draft model
 """
 
 from effdl.infer import batching, hf_batch, kv_cache, lookup, paged, speculative
 from effdl.infer.batching import ContinuousBatcher, GPTRows, HFRows, Request, Served, static_batching
 from effdl.infer.hf_batch import HFBatch
 from effdl.infer.kv_cache import KVCache, forward_cached, generate, generate_batch, next_token
-from effdl.infer.lookup import lookup_candidates, prompt_lookup_generate
+from effdl.infer.lookup import DraftProposer, lookup_candidates, prompt_lookup_generate, speculative_generate_hf
 from effdl.infer.paged import PagedKVCache
 from effdl.infer.speculative import Speculated, speculative_generate
 
 __all__ = [
     "ContinuousBatcher",
+    "DraftProposer",
     "GPTRows",
     "HFBatch",
     "HFRows",
@@ -39,5 +40,6 @@ __all__ = [
     "prompt_lookup_generate",
     "speculative",
     "speculative_generate",
+    "speculative_generate_hf",
     "static_batching",
 ]
