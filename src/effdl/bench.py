@@ -139,6 +139,23 @@ def compare_latency(models: dict[str, nn.Module], example: torch.Tensor, rounds:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def compare_calls(calls: dict[str, Callable[[], Any]], rounds: int = 5, warmup: int = 1,
+                  device: torch.device | str | None = None) -> dict[str, float]:  # fmt: skip
+    """Median seconds of each call in ``calls``, timed once per round in turn over ``rounds`` rounds after
+    ``warmup`` untimed calls each: the interleaving of :func:`compare_latency` for calls that take long enough
+    to time one by one (a whole generation, say)."""
+    if rounds <= 0:
+        raise ValueError(f"rounds must be positive, got {rounds}")
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            times[name] += call_times(call, 1, device=device)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def throughput(model: nn.Module, example: torch.Tensor, **kwargs: Any) -> float:
     """Examples per second at the batch size of ``example``: batch / median latency."""
     return example.shape[0] / latency(model, example, **kwargs).median
