@@ -1,11 +1,15 @@
 """effdl.serve: OpenAI's own client talks to a live server whose answers equal generating each prompt alone; the
 schema holds for generated requests and no answer is a 500; limits refuse with the documented status (400, 413,
 422, 429, 504); a client that leaves a stream stops its generation within a few tokens; the classifier batches
-concurrent requests and answers as the model does one by one. Tiny models, no downloads, every server shut down."""
+concurrent requests and answers as the model does one by one and reports its forward seconds; the launcher starts
+servers as subprocesses and always stops them. Tiny models, no downloads, every server shut down."""
 
 import asyncio
 import contextlib
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -21,7 +25,7 @@ from torch import nn
 from effdl.data import CharTokenizer
 from effdl.infer import generate
 from effdl.models import GPT, GPTConfig
-from effdl.serve import ImageModel, Limits, TextModel, create_app
+from effdl.serve import ImageModel, Limits, TextModel, create_app, launch
 from effdl.serve.load import run_load
 
 TOKENIZER = CharTokenizer("\n" + "".join(chr(c) for c in range(32, 127)))
@@ -300,3 +304,68 @@ schema = schemathesis.openapi.from_dict(
 def test_generated_requests_conform_to_the_schema_and_never_get_a_500(case, server):
     response = case.call_and_validate(base_url=server, timeout=10)
     assert response.status_code < 500 and "Traceback" not in response.text
+
+
+def test_the_classifier_reports_its_forward_seconds_per_batch():
+    app = create_app(classifier=ImageModel("tiny-cnn", _classifier()), limits=Limits(max_batch=4, max_wait_ms=20))
+    bodies = [{"image": torch.rand(784).tolist()} for _ in range(8)]
+    with serving(app) as url:
+        report = asyncio.run(run_load(url, "/v1/classify", bodies, concurrency=8, timeout_s=10, deadline_s=30))
+    assert report.statuses() == {200: 8}
+    registry = app.state.metrics.registry
+    forwards = registry.get_sample_value("effdl_model_seconds_count", {"queue": "classify"})
+    assert forwards == registry.get_sample_value("effdl_batch_size_count", {"queue": "classify"}) and forwards <= 4
+    model_s = registry.get_sample_value("effdl_model_seconds_sum", {"queue": "classify"})
+    served_s = registry.get_sample_value("effdl_request_seconds_sum", {"route": "/v1/classify"})
+    assert 0 < model_s < served_s
+
+
+def test_run_load_keeps_each_outcome_in_its_payloads_order_and_counts_the_unsent_as_lost(server, model):
+    payloads = [{"model": NAME, "prompt": p, "max_tokens": 3} for p in ("A", "BB", "CCC", "DDDD", "EEEEE")]
+    report = asyncio.run(run_load(server, "/v1/completions", payloads, concurrency=2, timeout_s=30))
+    assert [o.text for o in report.outcomes] == [_greedy(model, p["prompt"], 3) for p in payloads]
+    late = asyncio.run(run_load(server, "/v1/completions", payloads, concurrency=1, deadline_s=1e-9))
+    assert late.lost() >= len(payloads) - 1 and late.statuses()[0] >= len(payloads) - 1
+    with pytest.raises(ValueError, match="concurrency"):
+        asyncio.run(run_load(server, "/v1/completions", payloads, concurrency=0))
+
+
+# --- the launcher: servers as subprocesses ----------------------------------------------------------------------
+
+
+def test_serving_starts_a_subprocess_on_a_free_port_and_stops_it_even_when_the_block_raises():
+    quiet = ("--model", "none", "--classifier", "none", "--log-level", "warning")
+    with pytest.raises(RuntimeError, match="inside"), launch.serving(*quiet, threads=1) as server:
+        assert server.url.startswith("http://127.0.0.1:") and server.process.poll() is None
+        assert httpx.get(f"{server.url}/health", timeout=10).json() == {"status": "ok", "generator": None,
+                                                                         "classifier": None}  # fmt: skip
+        assert server.rss_bytes() > 10 * 2**20 and server.cpu_seconds() > 0
+        raise RuntimeError("a failure inside the block")
+    assert server.process.poll() is not None, "the server outlived its block"
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{server.url}/health", timeout=2)
+
+
+def test_serving_many_starts_servers_together_on_different_ports():
+    quiet = ["--model", "none", "--classifier", "none", "--log-level", "warning"]
+    with launch.serving_many([quiet, quiet], threads=1) as servers:
+        assert len({s.url for s in servers}) == 2
+        assert all(httpx.get(f"{s.url}/health", timeout=10).status_code == 200 for s in servers)
+    assert all(s.process.poll() is not None for s in servers)
+
+
+def test_a_server_that_cannot_start_raises_with_its_log():
+    with pytest.raises(RuntimeError, match="exited with status 2(.|\n)*invalid choice"):
+        with launch.serving("--model", "no-such-model", startup_s=60):
+            pass
+
+
+def test_a_server_that_ignores_sigterm_is_killed(tmp_path):
+    ignores = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(9)"
+    )
+    log = tmp_path / "log"
+    process = subprocess.Popen([sys.executable, "-c", ignores], stdout=log.open("wb"))
+    server = launch.Server("http://127.0.0.1:1", process, log)
+    assert _wait_until(lambda: log.read_text() == "up\n", 10)
+    assert server.stop(stop_s=0.5) == -signal.SIGKILL

@@ -8,11 +8,12 @@
 - :mod:`~effdl.serve.limits`: limits, their errors (400, 413, 429, 504) and a generic 500 (``sec-serve-limits``)
 - :mod:`~effdl.serve.metrics`: Prometheus metrics (``sec-serve-metrics``)
 - :mod:`~effdl.serve.load`: a load generator: latency, time to first token, lost requests (``sec-serve-load``)
+- :mod:`~effdl.serve.launch`: servers as subprocesses on free ports, always stopped (``sec-serve-api``)
 
 ``python -m effdl.serve`` serves SmolLM2 or the Shakespeare GPT and a Fashion-MNIST classifier.
 """
 
-from effdl.serve import app, continuous, dynamic, limits, load, metrics, schemas, text
+from effdl.serve import app, continuous, dynamic, launch, limits, load, metrics, schemas, text
 from effdl.serve.app import ImageModel, TextModel, create_app
 from effdl.serve.continuous import OnlineBatcher
 from effdl.serve.dynamic import DynamicBatcher
@@ -30,6 +31,7 @@ __all__ = [
     "continuous",
     "create_app",
     "dynamic",
+    "launch",
     "limits",
     "load",
     "metrics",

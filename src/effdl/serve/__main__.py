@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import logging
 
 import torch
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper())
     limits = Limits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)})
     app = create_app(text_model(args.model), image_model(args.classifier, args.int8), limits)
+    gc.collect()
+    gc.freeze()  # the start-up's objects (torch, the model) leave the collector: a full collection pauses every request
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,16 +27,17 @@ class _Item:
 class DynamicBatcher:
     """Batches calls of ``forward`` (inputs stacked along a new first dimension): at most ``max_batch`` inputs,
     gathered for at most ``max_wait_ms`` after the first, with at most ``queue_size`` waiting (more raise
-    :class:`asyncio.QueueFull`). ``on_batch(size)`` hears each batch's size. Start and stop it on the event loop
-    that submits to it."""
+    :class:`asyncio.QueueFull`). ``on_batch(size, seconds)`` hears each batch's size and the seconds its forward
+    pass took in the worker (the model's share of a request's time, ``sec-serve-metrics``). Start and stop it on
+    the event loop that submits to it."""
 
     def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], max_batch: int, max_wait_ms: float,
-                 queue_size: int, on_batch: Callable[[int], None] | None = None) -> None:  # fmt: skip
+                 queue_size: int, on_batch: Callable[[int, float], None] | None = None) -> None:  # fmt: skip
         if max_batch < 1 or max_wait_ms < 0 or queue_size < 1:
             raise ValueError(f"max_batch and queue_size must be >= 1 and max_wait_ms >= 0, got {max_batch}, "
                              f"{queue_size}, {max_wait_ms}")  # fmt: skip
         self.forward, self.max_batch, self.max_wait_s = forward, max_batch, max_wait_ms / 1000
-        self.on_batch = on_batch or (lambda size: None)
+        self.on_batch = on_batch or (lambda size, seconds: None)
         self.queue: asyncio.Queue[_Item] = asyncio.Queue(queue_size)
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="effdl-serve-classify")
         self.task: asyncio.Task | None = None
@@ -80,18 +82,21 @@ class DynamicBatcher:
             batch = await self._gather()
             if not batch:
                 continue
-            self.on_batch(len(batch))
             try:
-                outputs = await loop.run_in_executor(self.worker, self._run, [item.input for item in batch])
+                outputs, seconds = await loop.run_in_executor(self.worker, self._run, [item.input for item in batch])
             except Exception as exc:  # the model failed: each waiting request gets the error
                 for item in batch:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 continue
+            self.on_batch(len(batch), seconds)
             for item, output in zip(batch, outputs, strict=True):
                 if not item.future.done():
                     item.future.set_result(output)
 
     @torch.no_grad()
-    def _run(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        return list(self.forward(torch.stack(inputs)))
+    def _run(self, inputs: list[torch.Tensor]) -> tuple[list[torch.Tensor], float]:
+        """The rows of ``forward`` on the stacked ``inputs``, and the seconds it took."""
+        start = time.perf_counter()
+        outputs = list(self.forward(torch.stack(inputs)))
+        return outputs, time.perf_counter() - start

@@ -1,6 +1,6 @@
 """A load generator for the server (``sec-serve-load``): N requests at concurrency C, bounded in time.
 
-:func:`run_load` sends ``payloads`` with at most ``concurrency`` in flight (an async ``httpx`` client), each within
+:func:`run_load` sends ``payloads`` from ``concurrency`` clients (async ``httpx``, one connection each), each within
 ``timeout_s``, none started after ``deadline_s``; it records every request's status, latency, time to first token
 (streams) and text. :class:`LoadReport` turns them into throughput, percentiles and the count of lost requests:
 those that got no complete answer and no explicit refusal.
@@ -9,7 +9,9 @@ those that got no complete answer and no explicit refusal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import gc
 import json
 import time
 from collections import Counter
@@ -36,10 +38,13 @@ class Outcome:
 
 @dataclasses.dataclass(frozen=True)
 class LoadReport:
-    """The outcomes of a load run (in the order of its payloads) and its wall-clock seconds."""
+    """The outcomes of a load run (in the order of its payloads), its wall-clock seconds and the CPU seconds the
+    load generator's process spent meanwhile (NaN if not measured): on a small machine the generator competes with
+    the server for the CPU."""
 
     outcomes: list[Outcome]
     wall_s: float
+    cpu_s: float = float("nan")
 
     def statuses(self) -> Counter:
         return Counter(o.status for o in self.outcomes)
@@ -100,30 +105,47 @@ async def _send(client: httpx.AsyncClient, path: str, payload: dict) -> Outcome:
         return Outcome(0, time.perf_counter() - start, error=f"{type(exc).__name__}: {exc}")
 
 
-async def run_load(base_url: str, path: str, payloads: Sequence[dict], concurrency: int, timeout_s: float = 60.0,
-                   deadline_s: float = 300.0) -> LoadReport:  # fmt: skip
-    """POST each of ``payloads`` to ``base_url + path``, ``concurrency`` at a time, each request within ``timeout_s``
-    and none started after ``deadline_s`` (it counts as lost, status 0)."""
+async def run_load(base_url: str | Sequence[str], path: str, payloads: Sequence[dict], concurrency: int,
+                   timeout_s: float = 60.0, deadline_s: float = 300.0) -> LoadReport:  # fmt: skip
+    """POST each of ``payloads`` to ``base_url + path`` from ``concurrency`` clients, each with a connection of its
+    own that sends its next payload as soon as its last one is answered (a closed loop; with several base URLs,
+    replicas of one server, client ``i`` talks to ``base_url[i % n]``); each request within ``timeout_s`` and none
+    started after ``deadline_s`` (it counts as lost, status 0). One pool of connections shared by all the clients
+    would cost the load generator more CPU per request the more connections it holds, and on a small machine the
+    generator, not the server, would set the pace."""
     if concurrency < 1 or timeout_s <= 0 or deadline_s <= 0:
         raise ValueError(f"concurrency, timeout_s and deadline_s must be positive, got {concurrency}, {timeout_s}, "
                          f"{deadline_s}")  # fmt: skip
-    gate = asyncio.Semaphore(concurrency)
-    start = time.perf_counter()
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    outcomes: list[Outcome] = [Outcome(0, 0.0, error="not sent: the run's deadline had passed")] * len(payloads)
+    queue = iter(enumerate(payloads))
+    one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    urls = [base_url] if isinstance(base_url, str) else list(base_url)
+    async with contextlib.AsyncExitStack() as stack:
+        # made before the clock starts: making a client takes milliseconds of CPU (it loads TLS certificates), which
+        # would block the event loop while the first requests are in flight
+        clients = [await stack.enter_async_context(httpx.AsyncClient(base_url=urls[i % len(urls)],
+                                                                     timeout=timeout_s, limits=one))
+                   for i in range(min(concurrency, len(payloads)))]  # fmt: skip
+        start, cpu = time.perf_counter(), time.process_time()
 
-    async with httpx.AsyncClient(base_url=base_url, timeout=timeout_s, limits=limits) as client:
-
-        async def one(payload: dict) -> Outcome:
-            async with gate:
+        async def client(http: httpx.AsyncClient) -> None:
+            for i, payload in queue:
                 if time.perf_counter() - start > deadline_s:
-                    return Outcome(0, 0.0, error="not sent: the run's deadline had passed")
-                return await _send(client, path, payload)
+                    return
+                outcomes[i] = await _send(http, path, payload)
 
-        outcomes = await asyncio.gather(*(one(p) for p in payloads))
-    return LoadReport(list(outcomes), time.perf_counter() - start)
+        collecting = gc.isenabled()
+        gc.disable()  # a full collection of a large process (torch imported) pauses every client for a moment
+        try:
+            await asyncio.gather(*(client(http) for http in clients))
+        finally:
+            if collecting:
+                gc.enable()
+        wall_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu
+    return LoadReport(outcomes, wall_s, cpu_s)
 
 
-def load(base_url: str, path: str, payloads: Sequence[dict], concurrency: int, timeout_s: float = 60.0,
+def load(base_url: str | Sequence[str], path: str, payloads: Sequence[dict], concurrency: int, timeout_s: float = 60.0,
          deadline_s: float = 300.0) -> LoadReport:  # fmt: skip
     """:func:`run_load` from synchronous code (a script; a notebook, whose event loop runs, awaits
     :func:`run_load` instead)."""

@@ -1,8 +1,8 @@
 """What the server measures about itself, in Prometheus's text format at ``GET /metrics`` (``sec-serve-metrics``).
 
 Requests by route and status, their latency (for a stream, until its last byte), the requests waiting per queue,
-the batch sizes the schedulers ran and the tokens generated. Each app has its own registry, so two servers in one
-process (a test's) keep their counts apart.
+the batch sizes the schedulers ran, the seconds each classifier forward pass took and the tokens generated. Each
+app has its own registry, so two servers in one process (a test's) keep their counts apart.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+MODEL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
 
 class Metrics:
@@ -30,6 +31,8 @@ class Metrics:
                                  registry=self.registry)  # fmt: skip
         self.batch_size = Histogram("effdl_batch_size", "Rows per generation step or images per classifier forward",
                                     ["queue"], buckets=BATCH_BUCKETS, registry=self.registry)  # fmt: skip
+        self.model_seconds = Histogram("effdl_model_seconds", "Seconds of one classifier forward pass (one batch)",
+                                       ["queue"], buckets=MODEL_BUCKETS, registry=self.registry)  # fmt: skip
         self.tokens = Counter("effdl_tokens_generated", "Tokens the generator made, read by a client or not",
                               registry=self.registry)  # fmt: skip
 
@@ -42,8 +45,10 @@ class Metrics:
         self.batch_size.labels("generate").observe(tokens)
         self.tokens.inc(tokens)
 
-    def classifier_batch(self, images: int) -> None:
+    def classifier_batch(self, images: int, seconds: float) -> None:
+        """One classifier forward pass ran ``images`` images in ``seconds``."""
         self.batch_size.labels("classify").observe(images)
+        self.model_seconds.labels("classify").observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
