@@ -170,3 +170,28 @@ def test_matmul_gflops_shrinks_a_matmul_slower_than_its_budget(monkeypatch):
     sizes.clear()
     bench.matmul_gflops(torch.float32, n=512)
     assert sizes == [256, 512]
+
+
+def test_compare_tokens_per_s_times_long_and_short_runs_and_checks_its_arguments():
+    calls = []
+
+    def run(n: int) -> None:  # a generator spending 5 ms per token
+        calls.append(n)
+        time.sleep(0.005 * n)
+
+    speeds = bench.compare_tokens_per_s({"a": run}, new_tokens=4, rounds=2)
+    assert calls == [2, 5, 1, 5, 1]  # a warm-up, then (new_tokens + 1, 1) per round
+    assert 100 < speeds["a"] < 250  # 200 tokens/s, give or take the sleeps' overshoot
+    with pytest.raises(ValueError, match="rounds"):
+        bench.compare_tokens_per_s({"a": calls.append}, rounds=0)
+    with pytest.raises(RuntimeError, match="no measurable time"):  # more tokens faster than one: no speed to report
+        bench.compare_tokens_per_s({"a": lambda n: time.sleep(0.01 if n == 1 else 0)}, new_tokens=4, rounds=1)
+
+
+def test_compare_calls_interleaves_and_takes_medians():
+    order = []
+    seconds = bench.compare_calls({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, rounds=3)
+    assert order == ["a", "b"] + ["a", "b"] * 3  # a warm-up each, then one call of each per round
+    assert set(seconds) == {"a", "b"} and all(s >= 0 for s in seconds.values())
+    with pytest.raises(ValueError, match="rounds"):
+        bench.compare_calls({"a": lambda: None}, rounds=0)

@@ -11,7 +11,7 @@ from effdl.infer.batching import ContinuousBatcher, Request, static_batching
 from effdl.infer.hf_batch import HFBatch
 from effdl.infer.lookup import DraftProposer, lookup_candidates, prompt_lookup_generate, speculative_generate_hf
 from effdl.infer.paged import PagedKVCache
-from effdl.infer.speculative import speculative_generate
+from effdl.infer.speculative import Speculated, speculative_generate
 from effdl.models import GPT, GPTConfig
 
 
@@ -411,3 +411,10 @@ def test_a_draft_models_proposals_give_the_targets_greedy_tokens():
     assert itself.accepted == itself.proposed and itself.target_passes == 5  # 4 guesses + 1 own token per pass
     with pytest.raises(ValueError, match="k"):
         speculative_generate_hf(target, prompt, 4, DraftProposer(draft), k=0)
+
+
+def test_acceptance_counts_only_the_proposals_a_pass_judged():
+    # two passes of 4 proposals: one rejected its 2nd (1 accepted), one its 1st (0 accepted); 5 proposals never judged
+    result = Speculated(torch.tensor([1, 2, 3]), proposed=8, accepted=1, target_passes=2, rejections=2)
+    assert result.acceptance == pytest.approx(1 / 3)
+    assert Speculated(torch.tensor([1]), proposed=4, accepted=4, target_passes=1, rejections=0).acceptance == 1.0

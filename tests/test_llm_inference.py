@@ -2,12 +2,10 @@
 schedulers' comparison, the recorded paged cache and the exercises' self-checks. The techniques themselves are
 tested in ``test_infer.py``."""
 
-import time
-
 import pytest
 import torch
 
-from effdl import bench, infer
+from effdl import infer
 from effdl.experiments import llm_inference as ex
 from effdl.models import GPT, GPTConfig
 
@@ -75,29 +73,7 @@ def test_recorded_paged_cache_never_holds_a_block_more_than_each_sequence_needs(
 
 
 def test_memory_waste_shares():
-    memory = ex.Memory(reserved=400, held=[40, 100, 80], filled=[30, 90, 70], block=10, bytes_per_position=4)
+    memory = ex.Memory(reserved=400, held=[40, 100, 80], filled=[30, 90, 70], block=10)
     assert memory.paged_waste == pytest.approx(0.1)  # at the pass holding the most blocks
     assert memory.contiguous_waste == pytest.approx(1 - 90 / 400)
 
-
-def test_compare_tokens_per_s_times_long_and_short_runs_and_checks_its_arguments():
-    calls = []
-
-    def run(n: int) -> None:  # a generator spending 5 ms per token
-        calls.append(n)
-        time.sleep(0.005 * n)
-
-    speeds = bench.compare_tokens_per_s({"a": run}, new_tokens=4, rounds=2)
-    assert calls == [2, 5, 1, 5, 1]  # a warm-up, then (new_tokens + 1, 1) per round
-    assert 100 < speeds["a"] < 250  # 200 tokens/s, give or take the sleeps' overshoot
-    with pytest.raises(ValueError, match="rounds"):
-        bench.compare_tokens_per_s({"a": calls.append}, rounds=0)
-
-
-def test_compare_calls_interleaves_and_takes_medians():
-    order = []
-    seconds = bench.compare_calls({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, rounds=3)
-    assert order == ["a", "b"] + ["a", "b"] * 3  # a warm-up each, then one call of each per round
-    assert set(seconds) == {"a", "b"} and all(s >= 0 for s in seconds.values())
-    with pytest.raises(ValueError, match="rounds"):
-        bench.compare_calls({"a": lambda: None}, rounds=0)

@@ -406,8 +406,8 @@ def decode_tokens_per_s(model: nn.Module, input_ids: torch.Tensor, new_tokens: i
     return new_tokens / (seconds(new_tokens + 1) - seconds(1))
 
 
-def compare_tokens_per_s(runs: dict[str, Callable[[int], Any]], new_tokens: int = 32,
-                         rounds: int = 3) -> dict[str, float]:  # fmt: skip
+def compare_tokens_per_s(runs: dict[str, Callable[[int], Any]], new_tokens: int = 32, rounds: int = 3,
+                         device: torch.device | str | None = None) -> dict[str, float]:  # fmt: skip
     """Tokens per second of each generator in ``runs`` (``run(n)`` makes ``n`` new tokens), prefill excluded, timed
     interleaved: in each of ``rounds`` rounds every run makes ``new_tokens + 1`` tokens and 1 token in turn, and its
     speed is the extra tokens over the extra time, from the median time of each length over the rounds, so a slow
@@ -420,7 +420,11 @@ def compare_tokens_per_s(runs: dict[str, Callable[[int], Any]], new_tokens: int 
     short: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
-            long[name] += call_times(lambda run=run: run(new_tokens + 1), 1)
-            short[name] += call_times(lambda run=run: run(1), 1)
+            long[name] += call_times(lambda run=run: run(new_tokens + 1), 1, device=device)
+            short[name] += call_times(lambda run=run: run(1), 1, device=device)
     # medians of each length first: one slow 1-token call cannot turn a round's difference negative
-    return {name: new_tokens / (statistics.median(long[name]) - statistics.median(short[name])) for name in runs}
+    extra = {name: statistics.median(long[name]) - statistics.median(short[name]) for name in runs}
+    if any(seconds <= 0 for seconds in extra.values()):
+        raise RuntimeError(f"new_tokens: {new_tokens} more tokens took no measurable time for {extra}; time more "
+                           "tokens or rounds")  # fmt: skip
+    return {name: new_tokens / seconds for name, seconds in extra.items()}

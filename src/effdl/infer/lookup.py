@@ -74,7 +74,7 @@ def speculative_generate_hf(model: nn.Module, ids: torch.Tensor, new_tokens: int
     cache = DynamicCache(config=model.config)
     if ids.shape[1] > 1:
         model(ids[:, :-1], cache=cache, use_cache=True)  # the cache holds all but the last token
-    sequence, produced, proposed, accepted, passes = ids[0], 0, 0, 0, 0
+    sequence, produced, proposed, accepted, passes, rejections = ids[0], 0, 0, 0, 0, 0
     while produced < new_tokens:
         room = min(k, new_tokens - produced - 1)  # proposals past the last new token would be cut anyway
         guesses = propose(sequence, room)[:room] if room > 0 else sequence[:0]
@@ -85,11 +85,11 @@ def speculative_generate_hf(model: nn.Module, ids: torch.Tensor, new_tokens: int
             cache.crop(-(len(guesses) - agree))  # forget the rejected proposals
         sequence = torch.cat([sequence, guesses[:agree], checked[agree : agree + 1]])
         produced, proposed, accepted = produced + agree + 1, proposed + len(guesses), accepted + agree
-        passes += 1
+        passes, rejections = passes + 1, rejections + (agree < len(guesses))
         new = sequence[ids.shape[1] :]
         if stop is not None and bool((new == stop).any()):
-            return Speculated(new[: int((new == stop).nonzero()[0]) + 1], proposed, accepted, passes)
-    return Speculated(sequence[ids.shape[1] :], proposed, accepted, passes)
+            return Speculated(new[: int((new == stop).nonzero()[0]) + 1], proposed, accepted, passes, rejections)
+    return Speculated(sequence[ids.shape[1] :], proposed, accepted, passes, rejections)
 
 
 def prompt_lookup_generate(model: nn.Module, ids: torch.Tensor, new_tokens: int, k: int = 10, max_ngram: int = 2,

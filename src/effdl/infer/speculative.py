@@ -22,17 +22,22 @@ from effdl.models import GPT
 
 @dataclasses.dataclass(frozen=True)
 class Speculated:
-    """The new tokens, and how many the draft proposed, how many the target accepted, and the target's passes."""
+    """The new tokens, how many the draft proposed and the target accepted, the target's passes, and the passes that
+    rejected a proposal (the proposals after a rejection in its pass are never judged)."""
 
     tokens: torch.Tensor
     proposed: int
     accepted: int
     target_passes: int
+    rejections: int
 
     @property
     def acceptance(self) -> float:
-        """Accepted over proposed tokens (the α of the speed-up formula, estimated)."""
-        return self.accepted / self.proposed if self.proposed else 0.0
+        """The α of the speed-up formula, estimated: the share of *judged* proposals that were accepted, accepted /
+        (accepted + rejections). (Accepted over proposed would count the proposals after a rejection as failures,
+        and fall with gamma even when each proposal's chance stays the same.)"""
+        judged = self.accepted + self.rejections
+        return self.accepted / judged if judged else 0.0
 
 
 def _check(target: GPT, draft: GPT, idx: torch.Tensor, new_tokens: int, gamma: int) -> None:
@@ -103,7 +108,7 @@ def speculative_generate(target: GPT, draft: GPT, idx: torch.Tensor, new_tokens:
     size = idx.shape[1] + new_tokens  # proposals never pass the last new token's position
     target_cache, draft_cache = _caches((target, draft), idx, size)
     last, out = idx[:, -1:], []
-    proposed = accepted = passes = 0
+    proposed = accepted = passes = rejections = 0
     while len(out) < new_tokens:
         g = min(gamma, new_tokens - len(out))
         before = int(target_cache.lengths[0])
@@ -114,5 +119,5 @@ def speculative_generate(target: GPT, draft: GPT, idx: torch.Tensor, new_tokens:
             forward_cached(draft, guesses[-1], draft_cache)
         target_cache.lengths[0] = draft_cache.lengths[0] = before + agree + 1
         out += [t.item() for t in guesses[:agree]] + [last.item()]
-        proposed, accepted, passes = proposed + g, accepted + agree, passes + 1
-    return Speculated(torch.tensor(out[:new_tokens], device=idx.device), proposed, accepted, passes)
+        proposed, accepted, passes, rejections = proposed + g, accepted + agree, passes + 1, rejections + (agree < g)
+    return Speculated(torch.tensor(out[:new_tokens], device=idx.device), proposed, accepted, passes, rejections)
