@@ -96,18 +96,11 @@ def position_times(model: models.GPT, positions: list[int] | None = None) -> Pos
     context = model.cfg.context
     positions = positions or sorted({1, *range(context // 8, context + 1, context // 8)})
     idx = torch.randint(0, model.cfg.vocab_size, (1, context), device=device())
-    cache = infer.KVCache(model.cfg, 1, dtype=model.tok_emb.weight.dtype, device=device())
-    infer.forward_cached(model, idx[:, : context - 1], cache)  # filled once; each timed step rewrites one position
     recompute, cached = [], []
     for p in positions:
-
-        def step(p: int = p) -> None:
-            cache.lengths[0] = p - 1  # the cache holds the p - 1 positions before the new token
-            infer.forward_cached(model, idx[:, p - 1 : p], cache)
-
+        arms = {"recompute": lambda p=p: model(idx[:, :p]), "cached": gpt_step(model, p - 1)}
         with torch.no_grad():
-            ms = measure_bench.compare_calls({"recompute": lambda p=p: model(idx[:, :p]), "cached": step},
-                                             rounds=TIMING_ROUNDS, device=device())  # fmt: skip
+            ms = measure_bench.compare_calls(arms, rounds=TIMING_ROUNDS, device=device())
         recompute.append(ms["recompute"] * 1e3)
         cached.append(ms["cached"] * 1e3)
     return PositionTimes(positions, recompute, cached)
@@ -146,8 +139,7 @@ def smol_run(new_tokens: int = SMOL_NEW_TOKENS) -> WholeRun:
     model, ids = smollm2()[0], smol_prompt(held_out_prompts(1, SMOL_PROMPT_CHARS)[0])
 
     def run(use_cache: bool, tokens: int) -> torch.Tensor:
-        return model.generate(ids, max_new_tokens=tokens, do_sample=False, use_cache=use_cache,
-                              attention_mask=torch.ones_like(ids))  # fmt: skip
+        return hf_generate(model, ids, tokens, use_cache=use_cache)
 
     for use_cache in (False, True):
         run(use_cache, 2)
@@ -576,21 +568,10 @@ def speedup_formula(alpha: float, gamma: int, c: float, verify: float = 1.0) -> 
 
 def verify_costs(model: nn.Module, positions: tuple[int, ...]) -> dict[int, float]:
     """``k -> seconds of a cached forward pass of the Hugging Face causal LM over k positions / over one``, after a
-    16-token prompt: the price of verifying ``k - 1`` proposals in one pass (median of 5 calls each, the cache
-    cropped back after each)."""
-    from transformers import DynamicCache
-
-    cache, seconds_by_k = DynamicCache(config=model.config), {}
-    with torch.no_grad():
-        model(torch.zeros(1, 16, dtype=torch.long), cache=cache, use_cache=True)
-        for k in sorted({1, *positions}):
-            ids = torch.zeros(1, k, dtype=torch.long)
-
-            def one_pass(ids: torch.Tensor = ids, k: int = k) -> None:
-                model(ids, cache=cache, use_cache=True)
-                cache.crop(-k)
-
-            seconds_by_k[k] = statistics.median(measure_bench.call_times(one_pass, 5, warmup=1))
+    16-token prompt: the price of verifying ``k - 1`` proposals in one pass (median of 5 calls of :func:`hf_step`
+    each)."""
+    seconds_by_k = {k: statistics.median(measure_bench.call_times(hf_step(model, k), 5, warmup=1))
+                    for k in sorted({1, *positions})}  # fmt: skip
     return {k: t / seconds_by_k[1] for k, t in seconds_by_k.items()}
 
 
@@ -653,30 +634,33 @@ def step_cost_ratio(draft_step: Callable[[], object], target_step: Callable[[], 
     return statistics.median(draft_s) / statistics.median(target_s)
 
 
-def gpt_step(model: models.GPT) -> Callable[[], object]:
-    """One cached decode step of the book's GPT at position 8 (its cache rewound before each)."""
+def gpt_step(model: models.GPT, position: int = 8) -> Callable[[], object]:
+    """One cached decode step of the book's GPT at ``position`` (0-based: ``position`` tokens cached before it; the
+    cache rewound before each)."""
     cache = infer.KVCache(model.cfg, 1, dtype=model.tok_emb.weight.dtype, device=device())
-    idx = torch.zeros(1, 9, dtype=torch.long, device=device())
-    infer.forward_cached(model, idx[:, :8], cache)
+    idx = torch.zeros(1, position + 1, dtype=torch.long, device=device())
+    if position:
+        infer.forward_cached(model, idx[:, :position], cache)
 
     def step() -> None:
-        cache.lengths[0] = 8
-        infer.forward_cached(model, idx[:, 8:], cache)
+        cache.lengths[0] = position
+        infer.forward_cached(model, idx[:, position:], cache)
 
     return step
 
 
-def hf_step(model: nn.Module) -> Callable[[], object]:
-    """One cached decode step of a Hugging Face causal LM after a 16-token prompt (its cache cropped before each)."""
+def hf_step(model: nn.Module, positions: int = 1) -> Callable[[], object]:
+    """One cached forward pass of a Hugging Face causal LM over ``positions`` new positions after a 16-token prompt
+    (its cache cropped back to the prompt before each)."""
     from transformers import DynamicCache
 
-    cache, ids = DynamicCache(config=model.config), torch.zeros(1, 17, dtype=torch.long)
+    cache, ids = DynamicCache(config=model.config), torch.zeros(1, 16 + positions, dtype=torch.long)
     with torch.no_grad():
         model(ids[:, :16], cache=cache, use_cache=True)
 
     def step() -> None:
         if cache.get_seq_length() > 16:
-            cache.crop(-1)
+            cache.crop(16 - cache.get_seq_length())
         with torch.no_grad():
             model(ids[:, 16:], cache=cache, use_cache=True)
 
