@@ -100,6 +100,17 @@ def accuracy(model: nn.Module, batches: Iterable[Batch], device: torch.device | 
     return hits.sum().item() / hits.numel()
 
 
+def backward_and_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch_loss: torch.Tensor,
+                      grad_clip: float | None = None) -> None:  # fmt: skip
+    """The end of every training step: clear the old gradients, backpropagate ``batch_loss``, clip the gradients'
+    total norm to ``grad_clip`` if given, and step ``optimizer``."""
+    optimizer.zero_grad(set_to_none=True)
+    batch_loss.backward()
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+
+
 def fit(
     model: nn.Module,
     train: Iterable[Batch],
@@ -141,11 +152,7 @@ def fit(
                 x = augment(x)
             with _autocast(dev, autocast):
                 batch_loss = loss(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            batch_loss.backward()
-            if grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
+            backward_and_step(model, optimizer, batch_loss, grad_clip)
             if scheduler is not None:
                 scheduler.step()
             total, steps = total + batch_loss.item(), steps + 1

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from effdl.train import token_cross_entropy
+from effdl.train import backward_and_step, token_cross_entropy
 
 
 @dataclass
@@ -81,11 +81,7 @@ def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Ite
                 x, y = next(source)
             curve.lrs.append(optimizer.param_groups[0]["lr"])
             batch_loss = loss(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            batch_loss.backward()
-            if grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
+            backward_and_step(model, optimizer, batch_loss, grad_clip)
             step += 1
             if scheduler is not None and step % scheduler_every == 0:
                 scheduler.step()
