@@ -188,6 +188,16 @@ def test_compare_tokens_per_s_times_long_and_short_runs_and_checks_its_arguments
         bench.compare_tokens_per_s({"a": lambda n: time.sleep(0.01 if n == 1 else 0)}, new_tokens=4, rounds=1)
 
 
+def test_interleaved_times_keeps_one_mean_per_round():
+    order = []
+    times = bench.interleaved_times({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, rounds=2,
+                                    warmup=0, calls_per_round=2)  # fmt: skip
+    assert order == ["a", "a", "b", "b"] * 2  # each round: calls_per_round calls of each, in turn
+    assert [len(t) for t in times.values()] == [2, 2] and all(s >= 0 for t in times.values() for s in t)
+    with pytest.raises(ValueError, match="calls_per_round"):
+        bench.interleaved_times({"a": lambda: None}, calls_per_round=0)
+
+
 def test_compare_calls_interleaves_and_takes_medians():
     order = []
     seconds = bench.compare_calls({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, rounds=3)

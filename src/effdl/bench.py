@@ -139,20 +139,30 @@ def compare_latency(models: dict[str, nn.Module], example: torch.Tensor, rounds:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def compare_calls(calls: dict[str, Callable[[], Any]], rounds: int = 5, warmup: int = 1,
-                  device: torch.device | str | None = None) -> dict[str, float]:  # fmt: skip
-    """Median seconds of each call in ``calls``, timed once per round in turn over ``rounds`` rounds after
-    ``warmup`` untimed calls each: the interleaving of :func:`compare_latency` for calls that take long enough
-    to time one by one (a whole generation, say)."""
-    if rounds <= 0:
-        raise ValueError(f"rounds must be positive, got {rounds}")
+def interleaved_times(calls: dict[str, Callable[[], Any]], rounds: int = 5, warmup: int = 1,
+                      calls_per_round: int = 1, device: torch.device | str | None = None,
+                      ) -> dict[str, list[float]]:  # fmt: skip
+    """Seconds per call of each call in ``calls``, one value per round (the mean of ``calls_per_round`` timed
+    calls): after ``warmup`` untimed calls each, every round times each call in turn, so a slow moment of the
+    machine hits all of them alike. The rounds' spread gives a standard error (``sec-measuring-noise``)."""
+    if rounds <= 0 or calls_per_round <= 0:
+        raise ValueError(f"rounds and calls_per_round must be positive, got {rounds}, {calls_per_round}")
     for call in calls.values():
         for _ in range(warmup):
             call()
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(rounds):
         for name, call in calls.items():
-            times[name] += call_times(call, 1, device=device)
+            times[name].append(statistics.fmean(call_times(call, calls_per_round, device=device)))
+    return times
+
+
+def compare_calls(calls: dict[str, Callable[[], Any]], rounds: int = 5, warmup: int = 1,
+                  device: torch.device | str | None = None) -> dict[str, float]:  # fmt: skip
+    """Median seconds of each call in ``calls`` over the rounds of :func:`interleaved_times`, one timed call per
+    round: the interleaving of :func:`compare_latency` for calls that take long enough to time one by one (a
+    whole generation, say)."""
+    times = interleaved_times(calls, rounds, warmup, device=device)
     return {name: statistics.median(t) for name, t in times.items()}
 
 

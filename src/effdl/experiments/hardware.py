@@ -82,15 +82,9 @@ def step_call(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], **kwar
 
 def interleaved(calls: dict[str, Callable[[], object]], rounds: int = ROUNDS,
                 calls_per_round: int = CALLS_PER_ROUND) -> dict[str, list[float]]:  # fmt: skip
-    """Seconds per call of each call, one value per round: in each round every call runs ``calls_per_round`` times
-    in turn (after one warm-up call each), so a slow moment of the machine hits all of them alike."""
-    for call in calls.values():
-        call()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, call in calls.items():
-            times[name].append(statistics.fmean(measure_bench.call_times(call, calls_per_round, device=device())))
-    return times
+    """Seconds per call of each call, one value per round, on ``effdl.device()``
+    (:func:`effdl.bench.interleaved_times` after one warm-up call each)."""
+    return measure_bench.interleaved_times(calls, rounds, 1, calls_per_round, device())
 
 
 @dataclasses.dataclass(frozen=True)
