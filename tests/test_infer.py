@@ -92,6 +92,21 @@ def test_cache_bytes_follow_the_formula(kv_heads):
     assert half.nbytes() == lm.kv_cache_bytes(cfg, 24, batch=3, bytes_per_value=2)
 
 
+@pytest.mark.parametrize("paged", [False, True])
+def test_a_pass_with_nothing_to_mask_stores_what_the_masked_pass_stores(paged):
+    """Without ``valid`` every new token is stored unmasked (the decode step's shortcut); with ``valid`` counting
+    every token the mask keeps them all: the same logits and the same keys and values either way."""
+    model = _gpt()
+    idx = torch.randint(0, 40, (2, 6))
+    make = (lambda: PagedKVCache(model.cfg, 2, blocks=4, block_size=4)) if paged else (lambda: KVCache(model.cfg, 2))
+    plain, masked = make(), make()
+    for part in (idx[:, :5], idx[:, 5:]):
+        torch.testing.assert_close(forward_cached(model, part, plain),
+                                   forward_cached(model, part, masked, valid=torch.full((2,), part.shape[1])))
+    assert torch.equal(plain.keys, masked.keys) and torch.equal(plain.values, masked.values)
+    assert plain.keys.abs().sum() > 0 and plain.lengths.tolist() == masked.lengths.tolist() == [6, 6]
+
+
 def test_what_does_not_fit_is_refused_with_the_argument_named():
     model = _gpt()
     with pytest.raises(ValueError, match="max_tokens"):
@@ -112,6 +127,9 @@ def test_what_does_not_fit_is_refused_with_the_argument_named():
         forward_cached(model, torch.zeros(2, 2, dtype=torch.long), KVCache(model.cfg, 2), valid=torch.tensor([2]))
     with pytest.raises(ValueError, match="rows"):
         forward_cached(model, torch.zeros(2, 1, dtype=torch.long), KVCache(model.cfg, 2), rows=torch.tensor([0, 0]))
+    for rows in ([2], [-1], [[0]]):
+        with pytest.raises(ValueError, match="rows"):
+            forward_cached(model, torch.zeros(1, 1, dtype=torch.long), KVCache(model.cfg, 2), rows=torch.tensor(rows))
     with pytest.raises(ValueError, match="eval mode"):
         forward_cached(model.train(), torch.zeros(1, 1, dtype=torch.long), cache)
 

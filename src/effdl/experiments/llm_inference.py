@@ -41,6 +41,7 @@ DECODE_STEPS = pick(fast=3, full=8)  # timed decode steps per (format, batch) an
 ROUNDS = pick(fast=1, full=3)  # interleaved rounds of every speed comparison; medians are kept
 LOOP_TOKENS = pick(fast=16, full=64)  # tokens of each timed generate-vs-own-loop run
 TIMING_ROUNDS = pick(fast=5, full=9)  # interleaved rounds of the char GPT's short timings
+SERVING_ROUNDS = pick(fast=7, full=3)  # interleaved rounds of the char GPT's workloads (about 30 ms each in fast mode)
 
 
 def char_gpt() -> models.GPT:
@@ -408,11 +409,12 @@ def compare_schedules(runs: dict[str, Callable[[], list[infer.Served]]], rounds:
 def static_vs_continuous(model: models.GPT, requests: list[infer.Request]) -> dict[str, Schedule]:
     """The workload served by static batching and by continuous batching, both :data:`MAX_BATCH` rows."""
     budget = MAX_BATCH * model.cfg.context // 4  # room for several prompts to join in one step
-    return compare_schedules({
-        "static": lambda: infer.static_batching(model, requests, MAX_BATCH),
-        "continuous": lambda: infer.ContinuousBatcher(model, MAX_BATCH, budget).run(requests),
-    }, warm_up={"static": lambda: infer.static_batching(model, requests[:MAX_BATCH], MAX_BATCH),
-                "continuous": lambda: infer.ContinuousBatcher(model, MAX_BATCH, budget).run(requests[:MAX_BATCH])})
+    runs = {
+        "static": lambda reqs=requests: infer.static_batching(model, reqs, MAX_BATCH),
+        "continuous": lambda reqs=requests: infer.ContinuousBatcher(model, MAX_BATCH, budget).run(reqs),
+    }
+    warm_up = {name: functools.partial(run, requests[:MAX_BATCH]) for name, run in runs.items()}
+    return compare_schedules(runs, rounds=SERVING_ROUNDS, warm_up=warm_up)
 
 
 def smol_requests(count: int = SMOL_REQUESTS, seed: int = 0) -> list[infer.Request]:
@@ -520,7 +522,7 @@ def equal_memory(model: models.GPT, requests: list[infer.Request]) -> dict[str, 
         "contiguous": lambda: infer.ContinuousBatcher(model, CONTIGUOUS_ROWS, budget).run(requests),
         "paged": lambda: infer.ContinuousBatcher(model, PAGED_ROWS, budget, cache=paged).run(requests),
     }
-    return compare_schedules(runs, warm_up=runs)
+    return compare_schedules(runs, rounds=SERVING_ROUNDS, warm_up=runs)
 
 
 def check_paged(memory: Memory, same_memory: dict[str, Schedule]) -> None:

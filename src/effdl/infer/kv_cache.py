@@ -64,19 +64,26 @@ class KVCache:
         :meth:`store` returns keys)."""
         self.end = int(ends.max())
 
-    def store(self, layer: int, rows: torch.Tensor, positions: torch.Tensor, written: torch.Tensor,
+    def store(self, layer: int, rows: torch.Tensor, positions: torch.Tensor, written: torch.Tensor | None,
               keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Write ``layer``'s keys and values ``(len(rows), kv_heads, new, head_dim)`` at ``positions``
-        ``(len(rows), new)`` of ``rows`` where ``written`` (the real tokens, not the padding); return those rows'
-        keys and values up to the end :meth:`prepare` was given."""
-        at = rows[:, None].expand_as(positions)[written], positions[written]
-        self.keys[layer][at[0], :, at[1]] = keys.transpose(1, 2)[written]
-        self.values[layer][at[0], :, at[1]] = values.transpose(1, 2)[written]
+        ``(len(rows), new)`` of ``rows`` where ``written`` (the real tokens, not the padding; ``None``: all of
+        them); return those rows' keys and values up to the end :meth:`prepare` was given."""
+        at = real_tokens(rows[:, None].expand_as(positions), written), real_tokens(positions, written)
+        self.keys[layer][at[0], :, at[1]] = real_tokens(keys.transpose(1, 2), written)
+        self.values[layer][at[0], :, at[1]] = real_tokens(values.transpose(1, 2), written)
         return self.keys[layer, rows, :, : self.end], self.values[layer, rows, :, : self.end]
 
 
+def real_tokens(per_token: torch.Tensor, written: torch.Tensor | None) -> torch.Tensor:
+    """The entries of ``per_token`` ``(rows, new, ...)`` at the real tokens ``written`` (a mask of its first two
+    dimensions), or all of them when ``written`` is ``None``: a decode step has no padding, and skipping the
+    boolean mask spares it a device-to-host sync per layer."""
+    return per_token if written is None else per_token[written]
+
+
 def _attend(attn: CausalSelfAttention, x: torch.Tensor, cache: KVCache, layer: int, rows: torch.Tensor,
-            positions: torch.Tensor, written: torch.Tensor) -> torch.Tensor:  # fmt: skip
+            positions: torch.Tensor, written: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
     """``attn`` on the new positions ``x``: each query sees its row's cached positions and the new ones up to its
     own."""
     b, t, c = x.shape
@@ -97,18 +104,20 @@ def forward_cached(model: GPT, idx: torch.Tensor, cache: KVCache, rows: torch.Te
     rows by default; a :class:`~effdl.infer.paged.PagedKVCache` works too); their keys and values join the
     cache. ``valid`` counts each row's real tokens when ``idx`` is right-padded: the padding is neither stored
     nor attended to, and its logits mean nothing. The first call on a row is its prefill, later ones decode."""
-    rows = torch.arange(cache.batch, device=idx.device) if rows is None else rows
-    t = idx.shape[1] if idx.ndim == 2 else 0
-    valid = torch.full_like(rows, t) if valid is None else valid
     _check_call(model, idx, cache, rows, valid)
-    ends = cache.lengths[rows] + valid
+    rows = torch.arange(cache.batch, device=idx.device) if rows is None else rows
+    t = idx.shape[1]
+    cached = cache.lengths[rows]
+    ends = cached + (t if valid is None else valid)
     if int(ends.max()) > cache.max_tokens:
-        raise ValueError(f"idx: {valid.tolist()} new tokens after {cache.lengths[rows].tolist()} cached exceed the "
+        raise ValueError(f"idx: {(ends - cached).tolist()} new tokens after {cached.tolist()} cached exceed the "
                          f"cache's {cache.max_tokens} positions")  # fmt: skip
     cache.prepare(rows, ends)
-    offsets = torch.arange(t, device=idx.device)
-    written = offsets < valid[:, None]
-    positions = torch.where(written, cache.lengths[rows, None] + offsets, 0)  # padding: any valid position
+    positions = cached[:, None] + torch.arange(t, device=idx.device)
+    written = None  # no padding to leave out
+    if valid is not None:
+        written = positions < ends[:, None]
+        positions = torch.where(written, positions, 0)  # padding: any valid position
     x = model.tok_emb(idx) + model.pos_emb(positions)
     for layer, block in enumerate(model.blocks):
         x = x + _attend(block.attn, block.ln1(x), cache, layer, rows, positions, written)
@@ -117,16 +126,26 @@ def forward_cached(model: GPT, idx: torch.Tensor, cache: KVCache, rows: torch.Te
     return model.lm_head(model.ln_f(x))
 
 
-def _check_call(model: GPT, idx: torch.Tensor, cache: KVCache, rows: torch.Tensor, valid: torch.Tensor) -> None:
+def _check_call(model: GPT, idx: torch.Tensor, cache: KVCache, rows: torch.Tensor | None,
+                valid: torch.Tensor | None) -> None:  # fmt: skip
+    """A clear error for each bad argument of :func:`forward_cached`; ``rows`` and ``valid`` only when given."""
     if model.training:
         raise ValueError("model must be in eval mode (the cached path has no dropout)")
-    if idx.ndim != 2 or idx.shape[0] != len(rows) or idx.shape[1] == 0:
-        raise ValueError(f"idx must be (rows={len(rows)}, time>=1), got {tuple(idx.shape)}")
-    if rows.ndim != 1 or rows.unique().numel() != len(rows) or bool((rows < 0).any() or (rows >= cache.batch).any()):
+    count = cache.batch if rows is None else len(rows)
+    if idx.ndim != 2 or idx.shape[0] != count or idx.shape[1] == 0:
+        raise ValueError(f"idx must be (rows={count}, time>=1), got {tuple(idx.shape)}")
+    if rows is not None and not _distinct_rows(rows, cache.batch):
         raise ValueError(f"rows must be distinct row numbers below {cache.batch}, got {rows.tolist()}")
-    if valid.shape != rows.shape or bool((valid < 1).any() or (valid > idx.shape[1]).any()):
-        raise ValueError(f"valid must count 1 to {idx.shape[1]} real tokens for each of the {len(rows)} rows, "
+    if valid is not None and (valid.shape != (count,) or bool((valid < 1).any() or (valid > idx.shape[1]).any())):
+        raise ValueError(f"valid must count 1 to {idx.shape[1]} real tokens for each of the {count} rows, "
                          f"got {valid.tolist()}")  # fmt: skip
+
+
+def _distinct_rows(rows: torch.Tensor, batch: int) -> bool:
+    """Whether ``rows`` is 1-D and holds distinct row numbers in ``[0, batch)``; read in one copy to the host, so a
+    decode step pays one synchronization for the check, not one per test."""
+    listed = rows.tolist() if rows.ndim == 1 else [-1]
+    return len(set(listed)) == len(listed) and all(0 <= row < batch for row in listed)
 
 
 def next_token(logits: torch.Tensor, temperature: float = 0.0) -> torch.Tensor:

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from effdl.infer.kv_cache import check_max_tokens, empty_keys_values
+from effdl.infer.kv_cache import check_max_tokens, empty_keys_values, real_tokens
 from effdl.models import GPTConfig
 
 
@@ -70,14 +70,14 @@ class PagedKVCache:
                                   device=self.lengths.device)  # fmt: skip
         self.end = int(ends.max())
 
-    def store(self, layer: int, rows: torch.Tensor, positions: torch.Tensor, written: torch.Tensor,
+    def store(self, layer: int, rows: torch.Tensor, positions: torch.Tensor, written: torch.Tensor | None,
               keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Write ``layer``'s keys and values at ``positions`` of ``rows`` where ``written``, into their blocks; return
         those rows' keys and values up to the end :meth:`prepare` was given, gathered block by block."""
-        block = self.table.gather(1, positions // self.block_size)[written]
-        offset = (positions % self.block_size)[written]
-        self.keys[layer][block, :, offset] = keys.transpose(1, 2)[written]
-        self.values[layer][block, :, offset] = values.transpose(1, 2)[written]
+        block = real_tokens(self.table.gather(1, positions // self.block_size), written)
+        offset = real_tokens(positions % self.block_size, written)
+        self.keys[layer][block, :, offset] = real_tokens(keys.transpose(1, 2), written)
+        self.values[layer][block, :, offset] = real_tokens(values.transpose(1, 2), written)
         return self._gathered(self.keys[layer]), self._gathered(self.values[layer])
 
     def _gathered(self, pool: torch.Tensor) -> torch.Tensor:
