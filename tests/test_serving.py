@@ -3,6 +3,7 @@ Little's law and the self-checks on made-up runs, the refusals' parsing, and the
 classifier servers (the small CNN; SmolLM2 is left to the notebook)."""
 
 import asyncio
+import dataclasses
 
 import httpx
 import pytest
@@ -64,6 +65,16 @@ def test_littles_law_and_the_speedup_on_made_up_runs():
     assert study.littles_law() == pytest.approx(1.0)
     assert study.speedup() == pytest.approx(1.5)
     assert study.lost() == 0 and study.errors() == 0
+
+
+def test_cpu_per_request_is_pooled_over_the_headline_run_and_the_runs_in_turns():
+    study = _study()
+    one = dataclasses.replace(study.sweeps["batch 1"][32], server_cpu_s=0.4)  # 400 answers: 1 ms each
+    study.sweeps["batch 1"][32], study.sweeps["dynamic"][32] = one, dataclasses.replace(one, server_cpu_s=0.2)
+    assert study.cpu_ratio() == pytest.approx(0.5)
+    study.cpu_runs = {"batch 1": [dataclasses.replace(one, server_cpu_s=1.2)], "dynamic": [one]}
+    assert study.server_cpu_per_request("batch 1") == pytest.approx(1.6 / 800)
+    assert study.cpu_ratio() == pytest.approx(0.6 / 1.6) and len(study.runs()) == 4 + 2
 
 
 def test_the_self_checks_accept_the_right_answer_and_reject_a_wrong_one(monkeypatch):
