@@ -270,7 +270,7 @@ class ClassifierStudy:
 
     def server_cpu_per_request(self, server: str) -> float:
         """``server``'s CPU seconds per answered request at :data:`HEADLINE_CONCURRENCY`, pooled over its sweep's
-        run and its ``cpu_runs``: a single run of a fraction of a CPU second can catch a slow moment."""
+        run and its ``cpu_runs``: one run alone can catch a slow moment of the machine."""
         runs = [self.sweeps[server][HEADLINE_CONCURRENCY], *self.cpu_runs.get(server, [])]
         return sum(run.server_cpu_s for run in runs) / sum(run.answered for run in runs)
 
