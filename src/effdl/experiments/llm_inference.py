@@ -38,7 +38,7 @@ DECODE_TARGET = 1.5  # the book's aim: a decode loop at least 1.5x plain Hugging
 BATCHES = pick(fast=(1, 32), full=(1, 2, 4, 8, 16, 32, 64))  # decode batch sizes on the roofline
 FORMATS = ("fp32", "int8 weights", "int4 weights (g64)")  # weight formats of chap-quant-llm in the decode loop
 DECODE_STEPS = pick(fast=3, full=8)  # timed decode steps per (format, batch) and round
-ROUNDS = pick(fast=1, full=3)  # interleaved rounds of every speed comparison; medians are kept
+ROUNDS = pick(fast=1, full=3)  # interleaved rounds of SmolLM2's speed comparisons (seconds each); medians are kept
 LOOP_TOKENS = pick(fast=16, full=64)  # tokens of each timed generate-vs-own-loop run
 TIMING_ROUNDS = pick(fast=5, full=9)  # interleaved rounds of the char GPT's short timings
 SERVING_ROUNDS = pick(fast=7, full=3)  # interleaved rounds of the char GPT's workloads (about 30 ms each in fast mode)
