@@ -87,3 +87,16 @@ def test_chapter_models_go_to_effdl_device(chapter, loader, monkeypatch):
     module = experiments.chapters()[chapter]
     monkeypatch.setattr(module, "device", lambda: torch.device("meta"))
     assert {p.device.type for p in loader(module).parameters()} == {"meta"}
+
+
+def test_cache_runs_trains_once_whether_defaults_are_written_or_not():
+    calls = []
+
+    @_shared.cache_runs
+    def run(name: str, lr: float, seed: int = 0, schedule: str = "cosine") -> tuple:
+        calls.append((name, lr, seed, schedule))
+        return (name, lr, seed, schedule)
+
+    assert run("adamw", 0.1) == run("adamw", 0.1, 0) == run("adamw", 0.1, schedule="cosine", seed=0)
+    assert run("adamw", 0.1, 1) == ("adamw", 0.1, 1, "cosine")
+    assert calls == [("adamw", 0.1, 0, "cosine"), ("adamw", 0.1, 1, "cosine")]

@@ -1,13 +1,14 @@
 """effdl.optim: from-scratch updates against torch.optim, the Muon/AdamW hybrid, schedules, the step loop and the
 range test, on tiny problems."""
 
+import copy
 import math
 
 import pytest
 import schedulefree
 import torch
 from torch import nn
-from torch.optim._muon import DEFAULT_NS_STEPS, EPS, _zeropower_via_newtonschulz
+from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, DEFAULT_NS_STEPS, EPS, _zeropower_via_newtonschulz
 
 from effdl import optim
 from effdl.optim import schedules
@@ -50,6 +51,7 @@ def test_newton_schulz_orthogonalizes_like_torch(shape):
     ours = optim.newton_schulz(g)
     singular = torch.linalg.svdvals(ours)
     assert (singular - 1).abs().max() < 0.35  # all pushed into Muon's band, from 0.1 .. 1
+    assert optim.updates.NS_COEFFICIENTS == (DEFAULT_A, DEFAULT_B, DEFAULT_C)
     theirs = _zeropower_via_newtonschulz(g, optim.updates.NS_COEFFICIENTS, DEFAULT_NS_STEPS, EPS).float()
     assert (ours - theirs).abs().max() < 0.05  # theirs runs in bf16
     u, _, vh = torch.linalg.svd(g, full_matrices=False)
@@ -97,6 +99,30 @@ def test_muon_adamw_steps_every_parameter_and_one_scheduler_drives_both():
         optim.MuonAdamW(hidden, rest, lr=0.0)
 
 
+def test_muon_adamw_saves_and_restores_both_optimizers_moments():
+    batches, model = _regression()
+    hidden, rest = optim.split_for_muon(model, output_layers=(model[2],))
+    opt = optim.MuonAdamW(hidden, rest, lr=0.01)
+    x, y = batches[0]
+    mse(model(x), y).backward()
+    opt.step()
+    saved = copy.deepcopy(opt.state_dict())  # state_dict() holds the live moment tensors
+    weights = [p.detach().clone() for p in model.parameters()]
+    mse(model(x), y).backward()
+    opt.step()
+    after = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p, w in zip(model.parameters(), weights, strict=True):
+            p.copy_(w)
+    restored = optim.MuonAdamW(hidden, rest, lr=0.01)
+    restored.load_state_dict(saved)
+    assert len(restored.muon.state) == len(hidden) and len(restored.adamw.state) == len(rest)
+    restored.step()  # the same gradients as the second step above, from the same moments
+    assert all(torch.allclose(p, a) for p, a in zip(model.parameters(), after, strict=True))
+    restored.param_groups[0]["lr"] = 0.5  # a scheduler still reaches the inner optimizers
+    assert restored.muon.param_groups[0]["lr"] == 0.5
+
+
 @pytest.mark.parametrize("name", optim.NAMES)
 def test_every_optimizer_builds_and_lowers_the_loss(name):
     batches, model = _regression()
@@ -130,6 +156,11 @@ def test_schedules_warm_up_then_decay_as_named():
     assert 25 <= onecycle.index(max(onecycle)) <= 35 and onecycle[-1] < 1e-3
     with pytest.raises(ValueError, match="name"):
         schedules.lr_factors("step", 10)
+    with pytest.raises(ValueError, match="name"):
+        schedules.factor("step", 0, 10, 5)  # even during the warm-up
+    plain_sgd = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    schedules.scheduler("onecycle", plain_sgd, 10)
+    assert plain_sgd.param_groups[0]["momentum"] == 0  # one-cycle gives plain SGD no momentum
     with pytest.raises(ValueError, match="warmup"):
         schedules.lr_factors("cosine", 10, 10)
     with pytest.raises(ValueError, match="decay_fraction"):

@@ -143,7 +143,4 @@ def test_self_check_threshold_rejects_too_strict_and_too_loose():
     corpus = ex.scraped(ex.split_text("train", 30_000), share=0.2, seed=3)
     assert ex.self_check_threshold(0.5, corpus)
     assert not ex.self_check_threshold(1.0, corpus)  # near copies are missed
-    corpus.passages.append(corpus.passages[0][:40] + " something else entirely, added at the end")
-    corpus.source.append(None)
-    corpus.near.append(False)
-    assert not ex.self_check_threshold(0.05, corpus)  # an unrelated passage is dropped
+    assert not ex.self_check_threshold(0.05, corpus)  # so loose that a passage that is no planted copy is dropped

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -15,6 +18,23 @@ from effdl.bench import flops, model_device
 from effdl.config import pick
 
 LM_NAMES = ("gpt-shakespeare", "smollm2")
+
+Result = TypeVar("Result")
+
+
+def cache_runs(run: Callable[..., Result]) -> Callable[..., Result]:
+    """:func:`functools.cache` keyed by every argument with its defaults filled in, so ``run(a)`` and
+    ``run(a, default)`` are one training run, not two (``functools.cache`` alone keys them apart)."""
+    signature = inspect.signature(run)
+    cached = functools.cache(run)
+
+    @functools.wraps(run)
+    def call(*args, **kwargs) -> Result:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return cached(*bound.args)
+
+    return call
 
 
 def on_cpu(model: nn.Module) -> nn.Module:

@@ -21,6 +21,7 @@ from torch import nn
 from effdl import bench as measure_bench
 from effdl import claims, data, models, optim, stats, train
 from effdl.config import pick, seed_everything
+from effdl.experiments._shared import cache_runs
 from effdl.models import GPT, GPTConfig
 from effdl.optim.loop import Curve
 from effdl.train import token_cross_entropy
@@ -71,7 +72,7 @@ class Trained:
     curve: Curve
 
 
-@functools.cache
+@cache_runs
 def run_gpt(name: str, lr: float, seed: int = 0, schedule: str = "cosine", steps: int = GPT_STEPS,
             decay_fraction: float = 0.2) -> Trained:  # fmt: skip
     """Train a fresh GPT (initialized by ``seed``) with optimizer ``name`` at peak ``lr`` under ``schedule``
@@ -185,6 +186,9 @@ def gpt_step_seconds(lrs: dict[str, float]) -> dict[str, float]:
     return step_seconds(made, next(iter(gpt_batches(0))), rounds=pick(fast=10, full=30))
 
 
+GPT_STEP_TARGET = 0.8  # the book's aim: Muon or Lion reaches AdamW's final val loss in at most this share of its steps
+
+
 def compare_gpt(sweep: Sweep) -> Comparison:
     """Each optimizer at its chosen learning rate on every seed (``sec-optim-gpt``)."""
     lrs = sweep.chosen()
@@ -193,13 +197,14 @@ def compare_gpt(sweep: Sweep) -> Comparison:
 
 
 def check_gpt(result: Comparison) -> float:
-    """The issue's target (Muon or Lion reaches AdamW's final validation loss in at most 0.8 of its steps) and the
-    claims of ``sec-optim-gpt``: the better of the two reaches it in fewer steps than AdamW; returns that ratio."""
+    """The book's target (Muon or Lion reaches AdamW's final validation loss in at most :data:`GPT_STEP_TARGET` of
+    its steps) and the claim of ``sec-optim-gpt``: the better of the two meets it in full mode and takes fewer
+    steps than AdamW in fast mode; returns that ratio."""
     best = min(("muon", "lion"), key=result.step_ratio)
     ratio = result.step_ratio(best)
-    claims.target("steps to AdamW's final val loss, best of Muon and Lion / AdamW", ratio, "<=", 0.8,
+    claims.target("steps to AdamW's final val loss, best of Muon and Lion / AdamW", ratio, "<=", GPT_STEP_TARGET,
                   section="sec-optim-gpt")  # fmt: skip
-    claims.claim(f"steps to AdamW's final val loss, {best} / AdamW", ratio, "<", full=0.8, fast=1.0)
+    claims.claim(f"steps to AdamW's final val loss, {best} / AdamW", ratio, "<", full=GPT_STEP_TARGET, fast=1.0)
     return ratio
 
 
@@ -347,7 +352,6 @@ def check_schedules(result: Schedules) -> stats.Difference:
 FM_STEPS = pick(fast=150, full=800)
 FM_BATCH = 128
 FM_EVAL_EVERY = pick(fast=15, full=40)
-FM_WARMUP = FM_STEPS // 20
 FM_HIDDEN = (300, 100)  # LeNet-300-100: every weight a matrix, so Muon trains all but the output layer
 FM_OPTIMIZERS = {"sgd": 0.4, "momentum": 0.04, "nesterov": 0.04, "adamw": 4e-3, "lion": 4e-4, "muon": 4e-3,
                  "schedulefree": 4e-3}  # fmt: skip
@@ -397,7 +401,7 @@ def mlp(seed: int) -> nn.Module:
     return models.MLP(FM_HIDDEN)
 
 
-@functools.cache
+@cache_runs
 def run_fmnist(name: str, lr: float, seed: int = 0, steps: int = FM_STEPS, batch_size: int = FM_BATCH,
                schedule: str = "cosine", scheduler_every: int = 1, warmup: int | None = None,
                train_limit: int | None = None) -> Trained:  # fmt: skip
@@ -513,11 +517,10 @@ EPOCH_IMAGES = pick(fast=1280, full=6400)  # a small training subset, so that th
 @dataclasses.dataclass(frozen=True)
 class PerEpoch:
     """A cosine schedule built for every batch, stepped per batch (right) and once per epoch (the mistake):
-    the curves per seed, and the batches per epoch."""
+    the curves per seed."""
 
     per_batch: list[Curve]
     per_epoch: list[Curve]
-    batches_per_epoch: int
 
     def difference(self, metric: str = "loss") -> stats.Difference:
         """Final ``metric`` stepped per epoch minus per batch, over the seeds."""
@@ -531,7 +534,7 @@ def per_epoch_pitfall(lr: float, name: str = "momentum") -> PerEpoch:
     per_epoch = math.ceil(EPOCH_IMAGES / FM_BATCH)
     run = lambda seed, every: run_fmnist(name, lr, seed, warmup=0, scheduler_every=every,  # noqa: E731
                                          train_limit=EPOCH_IMAGES).curve  # fmt: skip
-    return PerEpoch([run(s, 1) for s in SEEDS], [run(s, per_epoch) for s in SEEDS], per_epoch)
+    return PerEpoch([run(s, 1) for s in SEEDS], [run(s, per_epoch) for s in SEEDS])
 
 
 def check_per_epoch(result: PerEpoch) -> stats.Difference:
@@ -605,8 +608,11 @@ def muon_on_embeddings(lr: float) -> stats.Difference:
 
 def check_pitfalls(decoupled: L2VersusDecoupled, muon_all: stats.Difference) -> None:
     """The claims of ``sec-optim-pitfalls``: Adam's L2 decay acts on the GPT's matrices at rates orders of
-    magnitude apart (AdamW's: all equal), and Muon on the embedding costs validation loss."""
+    magnitude apart (AdamW's: all equal) and all faster than AdamW's, and Muon on the embedding costs validation
+    loss."""
     claims.claim("Adam-L2 effective decay, most / least decayed matrix", decoupled.spread, ">=", full=50.0, fast=5.0)
+    claims.claim("Adam-L2 effective decay of the least decayed matrix / AdamW's", min(decoupled.decay.values()), ">",
+                 full=1.0, fast=1.0)  # fmt: skip
     claims.claim("val loss, Muon on every matrix - on hidden matrices only", muon_all.value, ">", full=0.01,
                  fast=0.0, unit="nats")  # fmt: skip
 

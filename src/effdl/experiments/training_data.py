@@ -29,7 +29,7 @@ from effdl import bench as measure_bench
 from effdl import claims, data, lm, models, stats, train
 from effdl.config import pick, seed_everything
 from effdl.curate import augment, dedup, loading, scores, selection
-from effdl.experiments._shared import fmnist_batches
+from effdl.experiments._shared import cache_runs, fmnist_batches
 
 NOTEBOOK = "14_training_data"
 SEEDS = pick(fast=(0, 1), full=(0, 1, 2))
@@ -271,29 +271,36 @@ def _logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return torch.cat([model.eval()(x) for x in images.split(1000)])
 
 
-@functools.cache
-@one_thread()
-def example_scores() -> dict[str, torch.Tensor]:
-    """:data:`SCORES` of every pool image: EL2N after :data:`SCORE_EPOCHS` epochs averaged over
-    :data:`SCORE_RUNS` runs, forgetting events counted over the same runs, and the training-free distance of
-    each image to its class's mean image (``sec-data-select``)."""
-    images, labels = select_pool()
-    counter = scores.ForgettingCounter(len(labels))
+def _counting_loss(counter: scores.ForgettingCounter) -> train.Loss:
+    """Cross-entropy on ``(labels, indices)`` targets that tells ``counter`` which examples the batch got right."""
 
-    def counting_loss(logits: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def loss(logits: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         y, index = target
         counter.update(index, logits.argmax(-1) == y)
         return nn.functional.cross_entropy(logits, y)
 
-    el2n = torch.zeros(len(labels))
+    return loss
+
+
+@functools.cache
+@one_thread()
+def example_scores() -> dict[str, torch.Tensor]:
+    """:data:`SCORES` of every pool image: EL2N after :data:`SCORE_EPOCHS` epochs averaged over
+    :data:`SCORE_RUNS` runs, forgetting events counted within each run and summed over them (a fresh model's
+    first mistakes forget nothing), and the training-free distance of each image to its class's mean image
+    (``sec-data-select``)."""
+    images, labels = select_pool()
+    el2n, forgetting = torch.zeros(len(labels)), torch.zeros(len(labels))
     for run in range(SCORE_RUNS):
+        counter = scores.ForgettingCounter(len(labels))
         seed_everything(100 + run)
         model = select_model()
         epoch = selection.step_batches(torch.arange(len(labels)), len(labels) // BATCH, BATCH, seed=100 + run)
-        _train_steps(model, epoch, counting_loss, epochs=SCORE_EPOCHS)
+        _train_steps(model, epoch, _counting_loss(counter), epochs=SCORE_EPOCHS)
         el2n += scores.el2n(_logits(model, images), labels) / SCORE_RUNS
+        forgetting += counter.scores()
     distance = scores.class_mean_distance(images, labels)
-    return {"EL2N": el2n, "forgetting": counter.scores(), "class-mean distance": distance}
+    return {"EL2N": el2n, "forgetting": forgetting, "class-mean distance": distance}
 
 
 def score_correlations(found: dict[str, torch.Tensor]) -> dict[tuple[str, str], float]:
@@ -302,13 +309,22 @@ def score_correlations(found: dict[str, torch.Tensor]) -> dict[tuple[str, str], 
     return {(a, b): scores.spearman(found[a], found[b]) for i, a in enumerate(names) for b in names[i + 1 :]}
 
 
+def check_scores(found: dict[str, torch.Tensor]) -> dict[tuple[str, str], float]:
+    """The claim of ``sec-data-select``: the two scores learned from training runs rank the images alike; returns
+    every pair's correlation."""
+    rho = score_correlations(found)
+    claims.claim("Spearman correlation of EL2N and forgetting events", rho["EL2N", "forgetting"], ">", full=0.3,
+                 fast=0.2)  # fmt: skip
+    return rho
+
+
 def class_shares(found: torch.Tensor, fraction: float = 0.1) -> torch.Tensor:
     """Share of each class among the ``fraction`` highest-scored pool images, chosen without balancing."""
     kept = selection.select(found, fraction, "hard")
     return torch.bincount(select_pool()[1][kept], minlength=10).double() / len(kept)
 
 
-@functools.cache
+@cache_runs
 @one_thread()
 def subset_run(fraction: float, keep: str, seed: int, score: str = "EL2N") -> Run:
     """Train :func:`select_model` for :data:`SELECT_STEPS` steps on the class-balanced ``fraction`` of the pool
@@ -326,6 +342,10 @@ class Curve:
     """Runs per ``(fraction, keep)``; the full pool appears once, as ``(1.0, "random")``."""
 
     runs: dict[tuple[float, str], list[Run]]
+
+    def test_correct(self) -> torch.Tensor:
+        """Per-image test correctness of every trained model, ``(models, test images)``."""
+        return torch.stack([run.test_correct for seeds in self.runs.values() for run in seeds])
 
     def mean(self, fraction: float, keep: str, split: str = "test") -> float:
         runs = self.runs[fraction, keep]
@@ -678,6 +698,13 @@ def augmented_test_accuracy(policy: str = "none", seed: int = 0, draws: int = 3)
                           for _ in range(draws)]))  # fmt: skip
 
 
+def check_eval_augment(clean: float, augmented: float) -> float:
+    """The claim of ``sec-data-pitfalls``: augmenting the test images lowers the measured accuracy; returns the
+    drop in points."""
+    return claims.claim("test accuracy, clean minus augmented test images", 100 * (clean - augmented), ">",
+                        full=1.0, fast=1.0, unit="pt")  # fmt: skip
+
+
 def check_leak(losses: dict[str, dict[str, float]]) -> float:
     """The claim of ``sec-data-pitfalls``: val passages leaked into training lower the measured val loss (by the
     returned nats per character), far more than they change the loss on test text."""
@@ -719,19 +746,23 @@ def self_check_threshold(threshold: float, corpus: Scraped | None = None) -> boo
 
 
 def self_check_pays_from(answer: float | None, curve: Curve) -> bool:
-    """Exercise 3: is ``answer`` the smallest fraction where the validation-chosen selection beats random by more
-    than two standard errors in ``curve`` (``None`` if at none)?"""
+    """Exercise 3: is ``answer`` the smallest fraction where the validation-chosen selection beats random
+    measurably (its :class:`~effdl.stats.Difference` verdict is "higher") in ``curve`` (``None`` if at none)?"""
     right = curve.pays_from()
     problems = [] if answer == right else [f"{answer} is not it: read curve.gain(f).verdict() at each fraction"]
     return claims.self_check(problems, f"selection pays from {right}")
 
 
 def bench() -> None:
-    """The chapter's rows: loader speed-up, augmentation, the data-fraction curve and its target, deduplication and
-    the leak."""
+    """The chapter's rows: loader speed-up, augmentation, the scores' agreement, the data-fraction curve and its
+    target, deduplication, and the pitfalls (choosing on the test set, augmenting it, the leak)."""
     check_loading(loading_throughput())
     check_augmentation(augmentation())
-    check_selection(data_fraction_curve())
+    check_scores(example_scores())
+    curve = data_fraction_curve()
+    check_selection(curve)
     corpus, found = scraped_corpus()
     check_dedup(detection(corpus, found), dedup_effect())
+    check_test_selection(*test_selection_optimism(curve.test_correct()))
+    check_eval_augment(augment_run("none", 0).test_accuracy, augmented_test_accuracy("none", 0))
     check_leak(leak_effect())

@@ -48,3 +48,13 @@ class MuonAdamW(torch.optim.Optimizer):
         self.muon.step()
         self.adamw.step()
         return loss
+
+    def state_dict(self) -> dict:
+        """Both optimizers' states and groups (the moments live in them, not in this wrapper)."""
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load what :meth:`state_dict` saved, and share the two optimizers' (new) groups again."""
+        self.muon.load_state_dict(state_dict["muon"])
+        self.adamw.load_state_dict(state_dict["adamw"])
+        self.param_groups = self.muon.param_groups + self.adamw.param_groups

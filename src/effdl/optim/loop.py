@@ -9,7 +9,6 @@ stops early when the loss is no longer finite.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -22,12 +21,11 @@ from effdl.train import backward_and_step, token_cross_entropy
 @dataclass
 class Curve:
     """What :func:`train_steps` recorded: the evaluated steps and each metric there, the learning rate (of the
-    first parameter group) at every step, the training seconds (evaluation excluded), and whether it diverged."""
+    first parameter group) at every step, and whether it diverged."""
 
     steps: list[int] = field(default_factory=list)
     metrics: dict[str, list[float]] = field(default_factory=dict)
     lrs: list[float] = field(default_factory=list)
-    seconds: float = 0.0
     diverged: bool = False
 
     def __getitem__(self, metric: str) -> list[float]:
@@ -69,7 +67,7 @@ def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Ite
         curve.steps.append(step)
 
     record(0)
-    source, step, start = iter(batches), 0, time.perf_counter()
+    source, step = iter(batches), 0
     while step < steps:
         model.train()
         _switch(optimizer, "train", switch_modes)
@@ -88,9 +86,7 @@ def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Ite
             if not math.isfinite(batch_loss.item()):
                 curve.diverged = True
                 break
-        curve.seconds += time.perf_counter() - start
         record(step)
-        start = time.perf_counter()
         if curve.diverged:
             break
     return curve

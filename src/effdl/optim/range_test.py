@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from effdl.train import token_cross_entropy
+from effdl.train import backward_and_step, token_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,7 @@ def lr_range_test(model: nn.Module, optimizer: torch.optim.Optimizer, batches: I
             source = iter(batches)
             x, y = next(source)
         batch_loss = loss(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        batch_loss.backward()
-        optimizer.step()
+        backward_and_step(model, optimizer, batch_loss)
         value = batch_loss.item()
         smoothed = smoothing * smoothed + (1 - smoothing) * value
         lrs.append(lr)

@@ -27,16 +27,16 @@ def _check(steps: int, warmup: int, decay_fraction: float) -> None:
 def factor(name: str, step: int, steps: int, warmup: int, decay_fraction: float = 0.2) -> float:
     """The lambda of schedule ``name`` (not ``onecycle``): the factor of the peak learning rate that step
     ``step`` (0-based) trains with."""
+    if name not in ("constant", "cosine", "wsd"):
+        raise ValueError(f"name must be one of {SCHEDULES[:2] + SCHEDULES[3:]}, got {name!r}")
     if step < warmup:
         return (step + 1) / warmup
     if name == "constant":
         return 1.0
     if name == "cosine":
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
-    if name == "wsd":
-        decay_steps = max(1, round(decay_fraction * steps))
-        return min(1.0, (steps - step) / decay_steps)
-    raise ValueError(f"name must be one of {SCHEDULES[:2] + SCHEDULES[3:]}, got {name!r}")
+    decay_steps = max(1, round(decay_fraction * steps))
+    return min(1.0, (steps - step) / decay_steps)
 
 
 def scheduler(name: str, optimizer: torch.optim.Optimizer, steps: int, warmup: int = 0,
@@ -48,7 +48,8 @@ def scheduler(name: str, optimizer: torch.optim.Optimizer, steps: int, warmup: i
     _check(steps, warmup, decay_fraction)
     if name == "onecycle":
         peaks = [group["lr"] for group in optimizer.param_groups]
-        cycle = "momentum" in optimizer.defaults or "betas" in optimizer.defaults  # MuonAdamW mixes the two
+        # cycle the momentum where there is one: not plain SGD's (momentum 0), nor MuonAdamW's (two kinds)
+        cycle = optimizer.defaults.get("momentum", 0) > 0 or "betas" in optimizer.defaults
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=steps,
                                                    cycle_momentum=cycle)  # fmt: skip
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(name, step, steps, warmup,
