@@ -58,7 +58,6 @@ def test_profile_table_shares_add_up_and_the_trace_is_written(tmp_path):
     assert [row.self_ms for row in table] == sorted((row.self_ms for row in table), reverse=True)
     assert any(row.name == profile.STEP_RANGE and row.calls == 1 for row in table)  # one range per step
     assert 0 < profile.share_of(table, profile.MATMUL_OPS) < 1
-    assert profile.step_ms(table) == pytest.approx(sum(row.self_ms for row in table))
     assert "traceEvents" in json.loads(trace.read_text())
     assert len(profile.op_table(prof, steps=2, top=3)) == 3
     with pytest.raises(ValueError, match="steps"):

@@ -52,8 +52,12 @@ class OpTime:
 
 
 def _events(prof: torch.profiler.profile) -> list[Any]:
-    """The averaged events that own time: every operator and range except the profiler's step markers."""
-    return [e for e in prof.key_averages() if not e.key.startswith("ProfilerStep")]
+    """The averaged events that own time: every CPU-side operator and range except the profiler's step markers.
+
+    On a GPU the profile also lists each kernel and each range's device-side copy as rows of their own; a CPU
+    operator's self device time already includes the kernels it launched, so those rows would count it twice."""
+    cpu = torch.autograd.DeviceType.CPU
+    return [e for e in prof.key_averages() if e.device_type == cpu and not e.key.startswith("ProfilerStep")]
 
 
 def _device_us(event: Any) -> float:
@@ -67,9 +71,9 @@ def op_table(prof: torch.profiler.profile, steps: int, top: int | None = None) -
         raise ValueError(f"steps must be positive, got {steps}")
     events = _events(prof)
     on_device = sum(_device_us(e) for e in events) > 0
-    self_us = {e.key: _device_us(e) if on_device else e.self_cpu_time_total for e in events}
-    total = sum(self_us.values())
-    rows = [OpTime(e.key, self_us[e.key] / steps / 1e3, e.count / steps, self_us[e.key] / total) for e in events]
+    self_us = [_device_us(e) if on_device else e.self_cpu_time_total for e in events]
+    total = sum(self_us)
+    rows = [OpTime(e.key, us / steps / 1e3, e.count / steps, us / total) for e, us in zip(events, self_us, strict=True)]
     return sorted(rows, key=lambda row: row.self_ms, reverse=True)[:top]
 
 
@@ -78,8 +82,3 @@ def share_of(table: Sequence[OpTime], patterns: Sequence[str]) -> float:
     if not patterns:
         raise ValueError("patterns must name at least one operator")
     return sum(row.share for row in table if any(p in row.name for p in patterns))
-
-
-def step_ms(table: Sequence[OpTime]) -> float:
-    """Milliseconds per step that the profile accounts for: the sum of every operator's self time."""
-    return sum(row.self_ms for row in table)

@@ -7,18 +7,14 @@ reductions such as softmax and the loss in fp32; the weights, their gradients an
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from effdl.train import token_cross_entropy
+from effdl.train import Loss, backward_and_step, token_cross_entropy
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
-
-
-Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
@@ -34,9 +30,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     with torch.autocast(x.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         loss = loss_fn(model(x), y)
     if scaler is None:
-        loss.backward()
-        _clip(model, grad_clip)
-        optimizer.step()
+        backward_and_step(model, optimizer, loss, grad_clip)
     else:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)  # the true gradients, for clipping; step() does not unscale them again

@@ -23,10 +23,11 @@ import torch
 from torch import nn
 
 from effdl import bench as measure_bench
-from effdl import claims, data, models, stats, zoo
+from effdl import claims, data, models, stats, train, zoo
 from effdl.accel import compile as accel_compile
 from effdl.accel import graphs, loader, memory, profile, steps
 from effdl.config import cache_dir, device, pick
+from effdl.experiments.measuring import ceilings as ceilings  # this device's peaks (sec-measuring-roofline)
 from effdl.train import token_cross_entropy
 
 NOTEBOOK = "13_hardware"
@@ -67,11 +68,7 @@ def train_batches(n: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tenso
 def val_loss(model: nn.Module) -> float:
     """Mean cross-entropy (nats per character) on the first :data:`VAL_BATCHES` batches of validation windows."""
     batches = data.LMBatches(data.shakespeare().split("val"), BATCH, gpt_config().context, VAL_BATCHES, random=False)
-    model.eval()
-    with torch.no_grad():
-        losses = [token_cross_entropy(model(x.to(device())), y.to(device())).item() for x, y in batches]
-    model.train()
-    return statistics.fmean(losses)
+    return train.evaluate(model, batches, device())["loss"]
 
 
 def step_call(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], **kwargs) -> Callable[[], torch.Tensor]:
@@ -122,11 +119,6 @@ PUBLISHED = (
     ("NVIDIA H100 SXM, bf16", 989e12, 3.35e12, "nvidia2022h100"),
     ("Google TPU v1, int8", 92e12, 34e9, "jouppi2017datacenter"),
 )
-
-
-def ceilings() -> measure_bench.Ceilings:
-    """This device's measured bandwidth and matmul peaks (``sec-measuring-roofline``; measured once per process)."""
-    return measure_bench.machine(str(device()))
 
 
 def ridge(ceil: measure_bench.Ceilings, dtype: str = "float32") -> float:
@@ -187,10 +179,6 @@ class Profile:
     def matmul_share(self) -> float:
         """Fraction of the step's self time in matmuls and attention."""
         return profile.share_of(self.table, profile.MATMUL_OPS + profile.ATTENTION_OPS)
-
-    def accounted(self) -> float:
-        """The profile's summed self time per step over the unprofiled step time."""
-        return profile.step_ms(self.table) / self.step_ms
 
     def amdahl_bound(self) -> float:
         """The speed-up of the step if everything but its matmuls and attention took no time at all."""
@@ -396,7 +384,7 @@ def compile_study() -> CompileResult:
 
 
 def check_compile(result: CompileResult) -> float:
-    """Compiled and eager steps compute the same loss; the speed-up is a target (and a weak claim: not slower)."""
+    """Compiled and eager steps compute the same loss; the speed-up is a target (and a weak claim: not much slower)."""
     claims.claim("compiled step's loss, relative gap to eager", result.loss_gap(), "<=", full=1e-4, fast=1e-4)
     # bounds far below 1 (1.00 measured idle in full mode): on a machine shared with other work the ratio swings
     # (0.76 to 5.3 in fast mode, 0.97 in full mode); a compile that recompiled every step would still miss them
@@ -613,7 +601,8 @@ LOADER_REPEATS = pick(fast=2, full=3)
 
 def png_dataset(augment: bool = True) -> loader.DecodingDataset:
     """The first :data:`LOADER_IMAGES` training images as PNG files in memory, decoded, normalized and augmented
-    (a random flip and shift, as the book's CNNs train) one at a time."""
+    (a random flip and a shift of up to 2 pixels, ``augment_fmnist``'s default; the zoo's cnn-fmnist trains with
+    1) one at a time."""
     images, labels = data.fashion_mnist("train", limit=LOADER_IMAGES).tensors
     raw = (images[:, 0] * data.FMNIST_STD + data.FMNIST_MEAN).mul(255).round().to(torch.uint8)
     return loader.DecodingDataset(loader.encode_png(raw), labels, data.FMNIST_MEAN, data.FMNIST_STD,
