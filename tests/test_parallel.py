@@ -3,10 +3,13 @@ killed however the test ends) run every strategy once on small models, and each 
 computes; one ``torchrun -m effdl.parallel`` job checks the program end to end; the cost model and the
 alpha-beta fit against their formulas; no process survives."""
 
+import contextlib
 import copy
 import json
 import os
 import sys
+import time
+import uuid
 
 import pytest
 import torch
@@ -125,6 +128,24 @@ def test_torchrun_runs_the_program_and_leaves_no_process(tmp_path):
     assert record["world"] == 2 and all(r["tp"]["max_difference"] <= 1e-5 for r in record["ranks"])
 
 
+def _marked(marker: str) -> list[int]:
+    """Processes of any parent whose command line contains ``marker`` (Linux ``/proc``)."""
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError), open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+            if marker.encode() in cmdline.read():
+                pids.append(int(entry))
+    return pids
+
+
+def _gone(marker: str, within_s: float = 5.0) -> bool:
+    """Whether every process marked ``marker`` has exited (polled for at most ``within_s``)."""
+    deadline = time.monotonic() + within_s
+    while _marked(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not _marked(marker)
+
+
 def test_a_job_that_fails_or_hangs_raises_and_is_killed():
     before = _children()
     with pytest.raises(RuntimeError, match="exit status 3"):
@@ -136,6 +157,19 @@ def test_a_job_that_fails_or_hangs_raises_and_is_killed():
         group.run_commands([["true"]], timeout_s=0)
     with pytest.raises(ValueError, match="nproc"):
         group.torchrun_command(["ddp"], nproc=0)
+
+
+def test_a_hung_torchrun_job_leaves_no_worker(tmp_path):
+    """torchrun starts its workers in sessions of their own: killing torchrun's group alone would orphan them."""
+    marker = str(tmp_path / f"hung-{uuid.uuid4().hex}-")  # in every worker's command line, and its start file
+    sleep = "import os, sys, time; open(sys.argv[1] + os.environ['LOCAL_RANK'], 'w').close(); time.sleep(60)"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+               "--rdzv-endpoint", f"127.0.0.1:{group.free_port()}", "--max-restarts", "0", "--no-python",
+               sys.executable, "-c", sleep, marker]  # fmt: skip
+    with pytest.raises(RuntimeError, match="did not finish"):
+        group.run_commands([command], timeout_s=10)
+    assert all(os.path.exists(f"{marker}{r}") for r in (0, 1)), "the workers had not started: raise timeout_s"
+    assert _gone(marker), "a torchrun worker outlived run_commands"
 
 
 def test_torchrun_command_meets_at_one_loopback_endpoint_per_job():

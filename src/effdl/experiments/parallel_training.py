@@ -1,7 +1,8 @@
 """The experiments of ``chap-parallel`` (``notebooks/15_parallel_training.ipynb``): every strategy of
 ``effdl.parallel`` run for real by ``torchrun --nproc-per-node 2 -m effdl.parallel ...`` as a subprocess of this
-process (:func:`effdl.parallel.group.torchrun`: a free port of 127.0.0.1, a timeout, the whole process group
-killed on the way out), its JSON record read back, and the claims checked afterwards.
+process (:func:`effdl.parallel.group.torchrun`: a free port of 127.0.0.1, sockets on the loopback interface, a
+timeout, torchrun and every worker it started stopped on the way out), its JSON record read back, and the claims
+checked afterwards.
 
 Each worker runs one intra-op thread (``OMP_NUM_THREADS=1``, torchrun's own default): two workers on a 2-core
 CPU. The sizes come from :func:`effdl.pick` here and reach the workers as command-line arguments, except the GPT's

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from effdl import data, zoo
 from effdl.models import GPT, GPTConfig
 from effdl.parallel import collectives, data_parallel, pipeline, sharded, tensor
-from effdl.parallel.group import process_group, rank, world
+from effdl.parallel.group import process_group, rank, worker_device, world
 
 STRATEGIES = ("ddp", "lr-pitfall", "zero", "tp", "pipeline", "oversubscribed", "collectives")
 
@@ -42,9 +42,11 @@ def book_gpt(seed: int = 0) -> GPT:
 
 
 def book_batches(model: GPT, batch_size: int, steps: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``steps`` global batches of random windows of the Shakespeare train split (the same on every rank)."""
-    tokens = data.shakespeare().split("train")
-    return list(data.LMBatches(tokens, batch_size, model.cfg.context, steps, seed=seed))
+    """``steps`` global batches of random windows of the Shakespeare train split (the same on every rank), on this
+    worker's device."""
+    tokens, device = data.shakespeare().split("train"), worker_device()
+    windows = data.LMBatches(tokens, batch_size, model.cfg.context, steps, seed=seed)
+    return [(x.to(device), y.to(device)) for x, y in windows]
 
 
 def run(strategy: str, args: argparse.Namespace) -> object:
@@ -60,7 +62,7 @@ def run(strategy: str, args: argparse.Namespace) -> object:
     if strategy == "collectives":
         sweep = collectives.collective_sweep([2**k for k in args.log2_bytes], args.repeats)
         return {"sweep": sweep, "straggler": collectives.straggler_timings(2**16)}
-    model = book_gpt()
+    model = book_gpt().to(worker_device())  # a GPU of its own under NCCL, the CPU under gloo
     batches = book_batches(model, args.batch_size, args.zero_steps if strategy == "zero" else args.steps)
     if strategy == "lr-pitfall":
         return data_parallel.ddp_versus_single(model, batches, args.sgd_lr * world(), args.accumulate,

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DistributedSampler
 
 from effdl.parallel.group import rank, world
-from effdl.train import token_cross_entropy
+from effdl.train import backward_and_step, token_cross_entropy
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -62,9 +62,7 @@ def train_single(model: nn.Module, batches: Sequence[Batch], lr: float, optimize
     losses = []
     for x, y in batches:
         loss = loss_fn(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        backward_and_step(model, optimizer, loss)
         losses.append(loss.item())
     return losses
 
@@ -101,7 +99,7 @@ def train_ddp(model: nn.Module, batches: Sequence[Batch], lr: float, accumulate:
     for batch in batches:
         x, y = local_slice(batch, rank(), world())
         optimizer.zero_grad()
-        total = torch.zeros(())
+        total = torch.zeros((), device=x.device)  # NCCL all-reduces GPU tensors only
         for i, (xm, ym) in enumerate(zip(x.chunk(accumulate), y.chunk(accumulate), strict=True)):
             last = i == accumulate - 1
             with ddp.no_sync() if no_sync and not last else contextlib.nullcontext():

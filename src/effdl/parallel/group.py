@@ -3,11 +3,14 @@
 A worker is one process of a job: torchrun (or :func:`run_workers`) sets ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in its environment, and :func:`process_group` joins it to
 the others with a timeout, so that a worker whose peer died raises instead of waiting forever, and always
-leaves the group. Gloo runs on CPUs, NCCL on GPUs (one per process).
+leaves the group. Gloo runs on CPUs, NCCL on GPUs (one per process, so only where every local rank has one).
 
-:func:`torchrun` starts ``torchrun --nproc-per-node N -m effdl.parallel ...`` as a subprocess on a free port of
-127.0.0.1 in a session of its own, and kills that whole session if the job outlives ``timeout_s``, so no worker
-survives a failure. :func:`run_workers` does the same from Python for any picklable function (the tests use it).
+:func:`torchrun` starts ``torchrun --nproc-per-node N -m effdl.parallel ...`` as a subprocess in a session of its
+own: its workers meet at 127.0.0.1 on a free port (torch's rendezvous store itself listens on that port of every
+interface) and their gloo (or NCCL) sockets bind the loopback interface (``GLOO_SOCKET_IFNAME=lo``). If the job outlives
+``timeout_s``, torchrun gets SIGTERM, which it forwards to its workers (each in a session of its own) before it
+exits; whatever is left of torchrun's session after a grace period, and every process it had started, is killed.
+:func:`run_workers` does the same from Python for any picklable function (the tests use it).
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import os
 import pickle
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,21 +32,19 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-HOST = "127.0.0.1"
+from effdl.serve.launch import HOST, free_port
+
 GROUP_TIMEOUT_S = 120.0  # how long a collective waits for a missing peer before it raises
 EXIT_GRACE_S = 10.0  # how long a worker that returned may take to leave its group before it is killed
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that no one listens on now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+STOP_GRACE_S = 10.0  # how long torchrun may take to stop its workers after SIGTERM before all are killed
+LOOPBACK = {"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}  # the workers' sockets bind 127.0.0.1
 
 
 def backend() -> str:
-    """NCCL where this process has a GPU, gloo otherwise."""
-    return "nccl" if torch.cuda.is_available() else "gloo"
+    """NCCL where this machine has a GPU for every local rank (``LOCAL_WORLD_SIZE``, else ``WORLD_SIZE``), gloo
+    otherwise (with 2 workers and 1 GPU, rank 1 would have no GPU of its own)."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
+    return "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= local else "gloo"
 
 
 def worker_device() -> torch.device:
@@ -94,22 +94,45 @@ def torchrun_command(args: Sequence[str], nproc: int = 2, port: int | None = Non
             "--max-restarts", "0", "-m", "effdl.parallel", *args]  # fmt: skip
 
 
-def _kill_session(process: subprocess.Popen) -> None:
-    """SIGKILL every process of ``process``'s session (torchrun and its workers), then reap ``process``."""
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children, grandchildren, ...) now, from Linux ``/proc`` (none without it)."""
+    parents = {}
+    for entry in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else []):
+        with contextlib.suppress(OSError), open(f"/proc/{entry}/stat") as stat:
+            parents[int(entry)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Stop ``process`` (torchrun) and everything it started, then reap it: SIGTERM first, which torchrun forwards
+    to its workers (in sessions of their own) before it exits; after :data:`STOP_GRACE_S`, SIGKILL to whatever is
+    left of its session and of the processes it had started when it was asked to stop."""
+    started = _descendants(process.pid) if process.poll() is None else []
+    process.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(STOP_GRACE_S)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
+    for pid in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     process.wait()
 
 
 def run_commands(commands: Sequence[Sequence[str]], timeout_s: float, threads: int | None = 1,
                  env: dict[str, str] | None = None) -> list[str]:  # fmt: skip
     """Run ``commands`` at once (each in a session of its own), wait at most ``timeout_s`` for all of them, and
-    return their outputs; raise ``RuntimeError`` with the output if one fails or the time runs out. Every
-    process they started is killed on the way out, however it ends. ``threads`` sets ``OMP_NUM_THREADS``
-    (torch's intra-op threads) of each worker; ``None`` leaves the variable as it is."""
+    return their outputs; raise ``RuntimeError`` with the output if one fails or the time runs out. Each is
+    stopped on the way out, however it ends, with every process it started (see :func:`_stop`). The workers'
+    sockets bind the loopback interface (:data:`LOOPBACK`, unless ``env`` says otherwise); ``threads`` sets
+    ``OMP_NUM_THREADS`` (torch's intra-op threads) of each worker; ``None`` leaves the variable as it is."""
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s}")
-    env = os.environ | (env or {}) | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
+    env = os.environ | LOOPBACK | (env or {}) | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
     processes: list[subprocess.Popen] = []
     try:
         for command in commands:
@@ -121,7 +144,7 @@ def run_commands(commands: Sequence[Sequence[str]], timeout_s: float, threads: i
         raise RuntimeError(f"{commands[0][-4:]} did not finish within {timeout_s} s") from err
     finally:
         for process in processes:
-            _kill_session(process)
+            _stop(process)
     for process, output in zip(processes, outputs, strict=True):
         if process.returncode:
             raise RuntimeError(f"exit status {process.returncode} of {process.args}:\n{output[-3000:]}")
@@ -143,8 +166,10 @@ def torchrun_nodes(args: Sequence[str], nnodes: int = 2, nproc: int = 1, timeout
 
 def _worker(fn: Callable[..., Any], rank: int, nproc: int, port: int, timeout_s: float, results: Any,
             pickled: bytes) -> None:  # fmt: skip
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), MASTER_ADDR=HOST,
-                      MASTER_PORT=str(port))  # fmt: skip
+    """Rank ``rank`` of :func:`run_workers`: join the gloo group (its sockets on the loopback interface), run
+    ``fn`` and put ``(rank, value, traceback or None)`` on ``results``."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
+                      MASTER_ADDR=HOST, MASTER_PORT=str(port), **LOOPBACK)  # fmt: skip
     torch.set_num_threads(1)
     try:
         with process_group(timeout_s, "gloo"):
@@ -154,7 +179,8 @@ def _worker(fn: Callable[..., Any], rank: int, nproc: int, port: int, timeout_s:
 
 
 def run_workers(fn: Callable[..., Any], nproc: int = 2, timeout_s: float = 120, **kwargs: Any) -> list[Any]:
-    """``fn(**kwargs)`` on ``nproc`` spawned processes joined in a gloo group on a free port of 127.0.0.1 (one
+    """``fn(**kwargs)`` on ``nproc`` spawned processes joined in a gloo group (meeting at 127.0.0.1 on a free port,
+    its sockets on the loopback interface; one
     intra-op thread each, their own copy of ``kwargs`` each); the list of their return values by rank (return
     plain numbers and lists: they cross a queue). Raises ``RuntimeError`` if a worker raises or the job outlives
     ``timeout_s``; every worker is killed on the way out."""

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from effdl.parallel.data_parallel import Batch, local_slice
 from effdl.parallel.group import rank, world
-from effdl.train import token_cross_entropy
+from effdl.train import backward_and_step, token_cross_entropy
 
 STRATEGIES = ("single", "ddp", "zero1", "zero2", "zero3")
 
@@ -76,10 +76,8 @@ def memory_per_rank(model: nn.Module, batches: Sequence[Batch], strategy: str, l
     losses, held = [], 0
     for batch in batches:
         x, y = batch if strategy == "single" else local_slice(batch, rank(), world())
-        optimizer.zero_grad()
         loss = loss_fn(model(x), y)
-        held = max(held, local_bytes(model.parameters()))
-        loss.backward()
-        optimizer.step()
+        held = max(held, local_bytes(model.parameters()))  # parameters only: clearing gradients later changes none
+        backward_and_step(model, optimizer, loss)
         losses.append(loss.item())
     return {"strategy": strategy, **rank_bytes(model, optimizer), "parameters_in_backward": held, "losses": losses}
