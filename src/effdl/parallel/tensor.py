@@ -52,7 +52,8 @@ class HeadShardedAttention(CausalSelfAttention):
         q, k, v = self.qkv(x).split([self.n_head * head, self.kv_width, self.kv_width], dim=-1)
         q, k, v = (z.view(b, t, -1, head).transpose(1, 2) for z in (q, k, v))
         grouped = {"enable_gqa": True} if self.n_kv_head != self.n_head else {}
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, **grouped)
+        drop = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop, **grouped)
         return self.proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
